@@ -1,0 +1,3 @@
+from rnnrbm_cli.cli import main
+
+main()
