@@ -1,0 +1,101 @@
+"""Checkpoints: written atomically, loaded without running code.
+
+A checkpoint is a dict of tensors and plain Python values only, so it loads with
+``torch.load(..., weights_only=True)``; a file that would need anything else (a pickled
+class, a function call) is refused before any of its code can run.
+
+Keys (``FORMAT`` = "rnnrbm-checkpoint", version 1):
+
+    format, version      identify the file
+    model_config         dict: ``ModelConfig`` fields
+    model_state          the model's state dict (tensors)
+    train_config         dict: the resolved training configuration
+    data                 dict: the prepared data's metadata (dataset, grid, dt, beat_division, ...)
+    epoch                completed epochs
+    optimizer_state      the optimiser's state dict
+    rng                  generator states (uint8 tensors)
+    progress             mid-epoch position (None at an epoch boundary)
+    metrics              the last epoch's metrics, and the best so far
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnrbm_cli._io import atomic_path
+from rnnrbm_cli.errors import RnnrbmError
+from rnnrbm_cli.model import RNNRBM, ModelConfig
+
+FORMAT = "rnnrbm-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (tensors and plain values) atomically to ``path``."""
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint; any problem is one RnnrbmError sentence.
+
+    Missing, truncated, foreign and unsafe files are told apart in the message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RnnrbmError(f"checkpoint {path} does not exist.")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses any global it does not know: this is where a crafted
+        # file that would run code ends up, before its code runs.
+        raise RnnrbmError(
+            f"refusing to load {path}: it holds more than tensors and plain values "
+            f"({str(e).splitlines()[0][:160]}), which an rnnrbm checkpoint never does."
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise RnnrbmError(
+            f"cannot read checkpoint {path}: the file is truncated or not a PyTorch checkpoint ({type(e).__name__})."
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise RnnrbmError(f"{path} is not an rnnrbm checkpoint (a PyTorch file, but not one this tool wrote).")
+    if payload.get("version") != VERSION:
+        raise RnnrbmError(f"{path} is an rnnrbm checkpoint of version {payload.get('version')!r}; this rnnrbm reads version {VERSION}.")
+    for key in ("model_config", "model_state"):
+        if key not in payload:
+            raise RnnrbmError(f"{path} is an incomplete rnnrbm checkpoint: it has no {key!r}.")
+    return payload
+
+
+def model_config_from(payload: dict[str, Any]) -> ModelConfig:
+    """Rebuild the ModelConfig a checkpoint stores; unknown keys or wrong types are errors."""
+    raw = payload["model_config"]
+    known = {f.name for f in fields(ModelConfig)}
+    if not isinstance(raw, dict) or set(raw) - known:
+        raise RnnrbmError(f"the checkpoint's model_config has unknown keys: {sorted(set(raw) - known)}.")
+    try:
+        return ModelConfig(**raw)
+    except (TypeError, ValueError) as e:
+        raise RnnrbmError(f"the checkpoint's model_config is invalid: {e}.") from None
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[RNNRBM, dict[str, Any]]:
+    """Rebuild the model stored in a checkpoint, in eval mode on ``device``.
+
+    Returns the model and the whole payload (for its data grid, epoch, metrics).
+    """
+    payload = load_checkpoint(path, map_location="cpu")
+    model = RNNRBM(model_config_from(payload))
+    try:
+        model.load_state_dict(payload["model_state"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise RnnrbmError(f"{path}: the stored weights do not fit the stored model config ({str(e).splitlines()[0][:160]}).") from None
+    return model.to(device).eval(), payload
