@@ -17,7 +17,7 @@ from rnnrbm_cli import __version__
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 
 # Messages and tables for people go to stderr; stdout carries results only.
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 out_console = Console(highlight=False)
 
 
@@ -329,8 +329,7 @@ def _split_ratios(ctx, param, value):
               help="Unsplit MIDI folder only: shares of a seeded shuffle (default 0.8,0.1,0.1).")
 @click.option("--seed", type=int, default=None, help="Unsplit MIDI folder only: seed of that shuffle (default 0).")
 @click.option("--mirror", default=None, help="Folder or URL base tried before the registry URLs [$RNNRBM_MIRROR].")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Cache folder [$RNNRBM_CACHE_DIR, else ~/.cache/rnnrbm].")
+@_cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the path.")
 def prepare(name_or_path, source_kind, dt, beat_division, transpose, out, split_ratios, seed, mirror,
             cache_dir, as_json):
@@ -344,20 +343,21 @@ def prepare(name_or_path, source_kind, dt, beat_division, transpose, out, split_
     Example:
       rnnrbm prepare nottingham --source midi --dt 0.3 --transpose c
     """
-    from rnnrbm_cli.datasets import PrepareOptionError, prepare as prepare_data
+    from rnnrbm_cli.datasets import prepare as prepare_data
 
     if dt is not None and beat_division is not None:
         raise click.UsageError("give --dt (seconds per frame) or --beat-division (frames per beat), not both.")
-    try:
-        result = prepare_data(
-            name_or_path, source_kind=source_kind, dt=dt, beat_division=beat_division,
-            transpose=transpose, out=out, cache_dir=cache_dir, mirror=mirror,
-            split_ratios=split_ratios, seed=seed,
-        )
-    except PrepareOptionError as e:
-        raise click.UsageError(str(e)) from None
-    for warning in result.warnings:
-        err_console.print(f"[yellow]Warning:[/] {warning}", soft_wrap=True, markup=True)
+
+    def warn(message: str) -> None:
+        err_console.print(f"[yellow]Warning:[/] {escape(message)}", soft_wrap=True)
+
+    # Options that do not fit the source (e.g. --dt for gridded rolls) raise
+    # RnnrbmUsageError: the group prints it and exits 2.
+    result = prepare_data(
+        name_or_path, source_kind=source_kind, dt=dt, beat_division=beat_division,
+        transpose=transpose, out=out, cache_dir=cache_dir, mirror=mirror,
+        split_ratios=split_ratios, seed=seed, on_warning=warn,
+    )
     if as_json:
         print_json(result.as_json())
         return
@@ -372,10 +372,11 @@ def _print_prepare_summary(result) -> None:
     if meta["grid"] == "seconds":
         grid = f"{meta['dt']:g} s per frame"
     elif meta["beat_division"] is not None:
-        grid = f"{meta['beat_division']} frames per beat"
+        n = meta["beat_division"]
+        grid = f"{n} frame{'s' if n != 1 else ''} per beat"
     else:
         grid = "as stored"
-    table = Table(title=f"{meta['dataset']} ({meta['source_kind']})", title_justify="left")
+    table = Table(title=f"{escape(meta['dataset'])} ({meta['source_kind']})", title_justify="left")
     table.add_column("split")
     table.add_column("sequences", justify="right")
     table.add_column("frames", justify="right")
@@ -639,3 +640,120 @@ def plot_cmd(source: Path, as_json: bool, **options) -> None:
 
 
 # == evaluate =============================================================================
+
+# evaluate.DEFAULT_*, spelled out so that `--help` need not import torch;
+# tests/test_evaluate.py checks that the two agree.
+_EVAL_DEFAULTS = {"chains": 100, "betas": 1000, "samples": 20, "gibbs": 50}
+
+
+class _EvalProgress:
+    """A tqdm bar on stderr per stage of an evaluation (hidden when stderr is not a terminal)."""
+
+    def __init__(self) -> None:
+        self.bars: dict = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="frame", leave=False, file=sys.stderr,
+                                          dynamic_ncols=True, disable=None)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _checkpoint_data(payload: dict) -> str | None:
+    """The data a checkpoint was trained on: its prepared .npz if still there, else its registry name."""
+    meta = payload.get("data") or {}
+    path = meta.get("path")
+    if isinstance(path, str) and Path(path).is_file():
+        return path
+    name = meta.get("dataset")
+    return name if isinstance(name, str) and name else None
+
+
+@cli.command("evaluate")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", help="Registry name or prepared .npz file.  [default: the data the checkpoint was trained on]")
+@click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True,
+              help="Which split to evaluate.")
+@click.option("--chains", type=click.IntRange(min=1), default=_EVAL_DEFAULTS["chains"], show_default=True,
+              help="AIS runs per frame (the paper's 100).")
+@click.option("--betas", type=click.IntRange(min=1), default=_EVAL_DEFAULTS["betas"], show_default=True,
+              help="AIS inverse temperatures per run.")
+@click.option("--samples", type=click.IntRange(min=1), default=_EVAL_DEFAULTS["samples"], show_default=True,
+              help="Gibbs samples per frame for the note probabilities of ACC.")
+@click.option("--gibbs", type=click.IntRange(min=1), default=_EVAL_DEFAULTS["gibbs"], show_default=True,
+              help="Gibbs steps behind each of those samples.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Evaluate a seeded random subset of this many frames (a quick estimate).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the frame subset, AIS and Gibbs sampling.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--mirror", default=None, help="Folder or URL base tried before the registry URLs [$RNNRBM_MIRROR].")
+@_cache_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def evaluate_cmd(checkpoint, data, split, chains, betas, samples, gibbs, max_frames, seed, device, mirror,
+                 cache_dir, as_json):
+    """The paper's LL (nats per frame) and ACC (%) of a checkpoint on a data split.
+
+    Every frame is predicted from its true history and weighted equally, the first
+    frame included. log Z of each frame's RBM is exact when n_hidden <= 20, else
+    estimated by annealed importance sampling with --chains runs of --betas steps.
+
+    \b
+    Example:
+      rnnrbm evaluate runs/nottingham/best.pt --split test --max-frames 2000
+    """
+    import torch
+
+    from rnnrbm_cli import evaluate as ev
+    from rnnrbm_cli.checkpoint import load_model
+    from rnnrbm_cli.datasets import load_prepared, resolve_data
+    from rnnrbm_cli.device import resolve_device
+
+    dev = resolve_device(device)
+    model, payload = load_model(checkpoint, dev)
+    source = data if data is not None else _checkpoint_data(payload)
+    if source is None:
+        raise click.UsageError("the checkpoint does not say which data it was trained on; pass --data.")
+    path = resolve_data(source, cache_dir=cache_dir, mirror=mirror)
+    sequences = load_prepared(path).splits.get(split) or []
+    if not any(len(s) for s in sequences):
+        fail(f"{path} has no frames in its {split!r} split; choose another --split.")
+    width = {s.shape[1] for s in sequences}
+    if width != {model.config.n_visible}:
+        fail(f"{path} has frames of {sorted(width)} keys but the model has {model.config.n_visible} visible units; "
+             "evaluate it on data prepared like its training data.")
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    progress = _EvalProgress()
+    try:
+        result = ev.evaluate(model, sequences, chains=chains, betas=betas, samples=samples, gibbs=gibbs,
+                             max_frames=max_frames, generator=generator, progress=progress)
+    finally:
+        progress.close()
+    result.update(split=split, checkpoint=str(checkpoint), data=str(path), seed=seed, device=str(dev))
+    if as_json:
+        print_json(result)
+        return
+    _print_evaluation(result)
+
+
+def _print_evaluation(r: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{escape(r['checkpoint'])} on {r['split']}", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("LL (nats per frame)", f"{r['log_likelihood']:.3f} ± {r['log_likelihood_stderr']:.3f}")
+    table.add_row("ACC (%)", f"{r['frame_accuracy']:.2f}")
+    table.add_row("frames", f"{r['frames']:,}")
+    method = "exact log Z" if r["method"] == "exact" else f"AIS, {r['chains']} chains x {r['betas']} betas"
+    table.add_row("method", method)
+    table.add_row("seconds", f"{r['seconds']:.1f}")
+    table.caption = f"data: {escape(r['data'])}; ACC from {r['samples']} samples x {r['gibbs']} Gibbs steps"
+    out_console.print(table)

@@ -243,12 +243,19 @@ class TrainResult:
 
 
 def load_training_data(config: TrainConfig, cache_dir=None, mirror=None):
-    """The prepared data (splits and metadata) a configuration trains on."""
-    from rnnrbm_cli.datasets import load_prepared, prepare, resolve_data
+    """The prepared data (splits and metadata) a configuration trains on, and its path.
+
+    A registry name means its benchmark rolls, or with ``source = "midi"`` its source
+    MIDI sampled every ``dt`` seconds (the tutorial's data); either is fetched and
+    prepared into the cache once, then reused.
+    """
+    from rnnrbm_cli.datasets import load_prepared, prepare, prepared_path, resolve_data
 
     if config.source == "midi" and not config.data.endswith(".npz"):
         dt = config.dt if config.dt is not None else 0.3
-        path = prepare(config.data, source_kind="midi", dt=dt, cache_dir=cache_dir, mirror=mirror, reuse=True).path
+        path = prepared_path(config.data, "midi", dt=dt, transpose="none", cache_dir=cache_dir)
+        if not path.is_file():
+            prepare(config.data, source_kind="midi", dt=dt, transpose="none", out=path, cache_dir=cache_dir, mirror=mirror)
     else:
         path = resolve_data(config.data, cache_dir=cache_dir, mirror=mirror)
     return load_prepared(path), Path(path)

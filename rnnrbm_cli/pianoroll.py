@@ -1,0 +1,323 @@
+"""Piano-rolls <-> MIDI: the one module that knows MIDI and array orientation.
+
+A piano-roll ("roll") is an ``np.ndarray`` of shape ``(T, 88)`` and dtype ``uint8`` holding
+0 or 1; row t is frame t, column k is MIDI pitch ``LOWEST_PITCH + k`` (21 = A0 ... 108 = C8).
+pretty_midi's own rolls are ``(128, T)``; nothing outside this module sees that orientation.
+
+Sampling rule, the same on both grids: frame t has a sampling instant ``s_t`` (its start,
+as in the Theano tutorial's ``midiread``: frame t is on iff ``ceil(start/dt) <= t <
+ceil(end/dt)``, i.e. ``start <= t*dt < end``). A pitch is on in frame t iff one of its
+notes sounds at ``s_t``: ``start <= s_t < end``. Times are compared in frame units with a
+tolerance of ``TOLERANCE`` of a frame, as if the instant were that much after the frame
+start, so that float and MIDI-tick rounding (0.3 * 3 != 0.9) never moves a note by a frame.
+A roll has one frame per sampling instant before the file's end time
+(``T = ceil(end_time / dt)`` on the seconds grid).
+
+    >>> roll = np.zeros((4, N_KEYS), np.uint8); roll[1:3, 60 - LOWEST_PITCH] = 1
+    >>> back, info = midi_to_roll(roll_to_midi(roll, dt=0.3), dt=0.3)
+    >>> bool((back == roll).all())
+    True
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+
+from rnnrbm_cli._io import atomic_open
+from rnnrbm_cli.errors import RnnrbmError
+
+LOWEST_PITCH = 21  # MIDI pitch of column 0 (A0), as in the tutorial's r = (21, 109)
+N_KEYS = 88  # columns of a roll: the piano's range, MIDI 21..108
+HIGHEST_PITCH = LOWEST_PITCH + N_KEYS - 1
+
+#: Fraction of a frame by which the sampling instant trails the frame start. Large enough
+#: to absorb float and tick rounding (a note rounded to the nearest tick of a 220-per-beat
+#: file cut in three is up to 0.7 % of a frame late), small enough never to pick up a note
+#: a listener would call late.
+TOLERANCE = 0.01
+
+TRANSPOSE_MODES = ("none", "c")
+
+# Krumhansl & Kessler (1982) probe-tone profiles, tonic first.
+_KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+_KK_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+
+# Pitch-class names as pretty_midi spells keys (key_number 0-11 major, 12-23 minor).
+_MAJOR_NAMES = ["C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B"]
+_MINOR_NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B"]
+
+# Resolution of written files. roll_to_midi sets one beat = one frame, so every frame
+# boundary is a whole number of ticks and the file holds the roll's times exactly.
+_WRITE_RESOLUTION = 480
+# A text event at the roll's end, so trailing silent frames survive a round trip. (A
+# controller would do in memory, but pretty_midi drops a track without notes on reading.)
+_END_MARKER = "end"
+
+
+@dataclass(frozen=True)
+class RollInfo:
+    """What midi_to_roll did to a file besides sampling it."""
+
+    dropped_notes: int = 0  # non-drum notes outside MIDI 21..108 (after transposition), left out
+    transpose_semitones: int = 0  # added to every pitch, in -6..+5; 0 without transposition
+    key: str | None = None  # the file's key before transposition, e.g. "D major"; None if not asked
+    key_source: str | None = None  # "signature" (first key signature), "estimate", or None
+
+
+def key_name(key_number: int) -> str:
+    """pretty_midi's key number (0-11 major, 12-23 minor, tonic C = 0) as e.g. "Eb major"."""
+    if not 0 <= key_number < 24:
+        raise ValueError(f"key_number must be in 0..23, not {key_number}")
+    if key_number < 12:
+        return f"{_MAJOR_NAMES[key_number]} major"
+    return f"{_MINOR_NAMES[key_number - 12]} minor"
+
+
+def read_midi(source: str | os.PathLike | bytes, *, name: str | None = None) -> pretty_midi.PrettyMIDI:
+    """Parse a standard MIDI file from a path or from its bytes.
+
+    Parameters
+    ----------
+    source : str, path or bytes
+        The file, or its content (e.g. a member read from a zip).
+    name : str, optional
+        How to call the file in the error message; default the path.
+
+    Raises RnnrbmError (one sentence, naming the file) if it is missing, truncated, corrupt
+    or not MIDI at all.
+    """
+    if name is None:
+        name = "<bytes>" if isinstance(source, bytes) else str(source)
+    try:
+        with warnings.catch_warnings():
+            # pretty_midi warns about tempo events on non-zero tracks; the times it
+            # computes are still the best reading of such a file.
+            warnings.simplefilter("ignore")
+            if isinstance(source, bytes):
+                return pretty_midi.PrettyMIDI(io.BytesIO(source))
+            return pretty_midi.PrettyMIDI(str(source))
+    except FileNotFoundError as e:
+        raise RnnrbmError(f"{name}: no such file.") from e
+    except Exception as e:  # mido and pretty_midi raise many types on a damaged file
+        reason = str(e) or type(e).__name__
+        raise RnnrbmError(f"{name} is not a readable MIDI file ({reason}).") from e
+
+
+def midi_to_roll(
+    midi: pretty_midi.PrettyMIDI | str | os.PathLike,
+    *,
+    dt: float | None = None,
+    beat_division: int | None = None,
+    transpose: str = "none",
+) -> tuple[np.ndarray, RollInfo]:
+    """Sample a MIDI file into a piano-roll on a seconds grid or on its beat grid.
+
+    Parameters
+    ----------
+    midi : pretty_midi.PrettyMIDI or path
+        The music. Drum tracks are ignored; the notes of all other instruments are merged.
+    dt : float, optional
+        Seconds per frame; frame t is sampled at ``t * dt`` (the tutorial used 0.3).
+    beat_division : int, optional
+        Frames per beat, following the file's tempo map: each beat (a quarter note, the
+        unit of MIDI tempo, as in the registry's ``beat_division``) is cut into this many
+        equal frames; 2 gives eighth notes whatever the tempo. Not pretty_midi's
+        ``get_beats()``, which counts dotted quarters in 6/8, so that 2 would give dotted
+        eighths in a third of Nottingham. Give exactly one of ``dt`` and ``beat_division``.
+    transpose : {"none", "c"}
+        "c" shifts every pitch by the smallest interval (-6..+5 semitones) that takes the
+        file's key to C major or C minor. The key is the first key signature if the file
+        has one, else the best Krumhansl-Kessler match of its duration-weighted
+        pitch-class profile.
+
+    Returns
+    -------
+    roll : np.ndarray, shape=(T, 88), dtype=uint8
+        1 where a pitch sounds at the frame's sampling instant; T counts the instants
+        before ``midi.get_end_time()``.
+    info : RollInfo
+        Notes dropped for being out of range, the transposition and the key it came from.
+    """
+    if (dt is None) == (beat_division is None):
+        raise ValueError("give exactly one of dt (seconds per frame) and beat_division (frames per beat)")
+    if dt is not None and not (dt > 0 and math.isfinite(dt)):
+        raise ValueError(f"dt must be a positive number of seconds, not {dt!r}")
+    if beat_division is not None and (
+        isinstance(beat_division, bool) or int(beat_division) != beat_division or beat_division < 1
+    ):
+        raise ValueError(f"beat_division must be a positive integer, not {beat_division!r}")
+    if transpose not in TRANSPOSE_MODES:
+        raise ValueError(f"transpose must be one of {', '.join(TRANSPOSE_MODES)}, not {transpose!r}")
+    if not isinstance(midi, pretty_midi.PrettyMIDI):
+        midi = read_midi(midi)
+
+    notes = [n for inst in midi.instruments if not inst.is_drum for n in inst.notes]
+    shift, key, key_source = 0, None, None
+    if transpose == "c":
+        key_number, key_source = _find_key(midi, notes)
+        if key_number is not None:
+            key = key_name(key_number)
+            shift = _shift_to_c(key_number % 12)
+
+    end_time = midi.get_end_time()
+    if end_time <= 0:
+        return np.zeros((0, N_KEYS), dtype=np.uint8), RollInfo(0, shift, key, key_source)
+    if dt is not None:
+        to_frame = lambda t: np.asarray(t, dtype=float) / dt  # noqa: E731
+    else:
+        to_frame = _beat_grid(midi, int(beat_division))
+    n_frames = _n_frames(float(to_frame(end_time)))
+
+    roll = np.zeros((n_frames, N_KEYS), dtype=np.uint8)
+    dropped = 0
+    if notes:
+        pitch = np.array([n.pitch for n in notes]) + shift
+        starts = _first_frame(to_frame([n.start for n in notes]))
+        ends = _first_frame(to_frame([n.end for n in notes]))
+        in_range = (pitch >= LOWEST_PITCH) & (pitch <= HIGHEST_PITCH)
+        dropped = int((~in_range).sum())
+        for p, a, b in zip(pitch[in_range], starts[in_range], ends[in_range]):
+            roll[a : min(b, n_frames), p - LOWEST_PITCH] = 1
+    return roll, RollInfo(dropped, shift, key, key_source)
+
+
+def roll_to_midi(roll: np.ndarray, dt: float, *, program: int = 0, velocity: int = 80) -> pretty_midi.PrettyMIDI:
+    """Turn a piano-roll into a one-instrument MIDI object.
+
+    Parameters
+    ----------
+    roll : np.ndarray, shape=(T, 88)
+        0/1 (or boolean) frames; column k is MIDI pitch 21 + k.
+    dt : float
+        Seconds per frame.
+    program : int
+        General MIDI program number, 0..127 (0 = acoustic grand piano).
+    velocity : int
+        Velocity of every note, 1..127.
+
+    A run of n consecutive on-frames of a pitch starting at frame t becomes one note from
+    ``t * dt`` to ``(t + n) * dt`` seconds: a roll cannot tell a held note from repeated
+    attacks, and held is what it means. The tempo is ``60 / dt`` bpm (one frame per beat),
+    so every frame boundary is a whole number of ticks in a written file. A text event
+    "end" at ``T * dt`` marks the end, so that ``midi_to_roll(roll_to_midi(roll,
+    dt), dt=dt)`` returns ``roll`` exactly, trailing silent frames included.
+    """
+    roll = _check_roll(roll)
+    if not (dt > 0 and math.isfinite(dt)):
+        raise ValueError(f"dt must be a positive number of seconds, not {dt!r}")
+    if not 0 <= program <= 127:
+        raise ValueError(f"program must be in 0..127, not {program}")
+    if not 1 <= velocity <= 127:
+        raise ValueError(f"velocity must be in 1..127, not {velocity}")
+    midi = pretty_midi.PrettyMIDI(resolution=_WRITE_RESOLUTION, initial_tempo=60.0 / dt)
+    instrument = pretty_midi.Instrument(program=program)
+    n_frames = roll.shape[0]
+    # Pad with a silent frame on each side so every run has an onset and an offset.
+    edges = np.diff(np.pad(roll.astype(np.int8), ((1, 1), (0, 0))), axis=0)
+    for key in range(N_KEYS):
+        onsets = np.flatnonzero(edges[:, key] == 1)
+        offsets = np.flatnonzero(edges[:, key] == -1)
+        for a, b in zip(onsets, offsets):
+            instrument.notes.append(pretty_midi.Note(velocity, LOWEST_PITCH + key, a * dt, b * dt))
+    instrument.notes.sort(key=lambda n: (n.start, n.pitch))
+    if n_frames:
+        midi.text_events.append(pretty_midi.Text(_END_MARKER, n_frames * dt))
+    midi.instruments.append(instrument)
+    return midi
+
+
+def write_midi(
+    roll: np.ndarray, path: str | os.PathLike, dt: float, *, program: int = 0, velocity: int = 80
+) -> Path:
+    """Write ``roll_to_midi(roll, dt, ...)`` to ``path`` atomically; return the path."""
+    midi = roll_to_midi(roll, dt, program=program, velocity=velocity)
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        midi.write(f)
+    return path
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _check_roll(roll: np.ndarray) -> np.ndarray:
+    roll = np.asarray(roll)
+    if roll.ndim != 2 or roll.shape[1] != N_KEYS:
+        raise ValueError(f"a piano-roll has shape (T, {N_KEYS}), not {roll.shape}")
+    if roll.size and not np.isin(roll, (0, 1)).all():
+        raise ValueError("a piano-roll holds only 0 and 1")
+    return roll.astype(np.uint8, copy=False)
+
+
+def _first_frame(u: np.ndarray) -> np.ndarray:
+    """Index of the first frame whose sampling instant is at or after frame position ``u``."""
+    return np.maximum(np.ceil(np.asarray(u) - TOLERANCE), 0).astype(np.int64)
+
+
+def _n_frames(u_end: float) -> int:
+    """Frames whose sampling instant lies before frame position ``u_end`` (the end time)."""
+    return int(max(math.ceil(u_end - TOLERANCE), 0))
+
+
+def _beat_grid(midi: pretty_midi.PrettyMIDI, beat_division: int):
+    """A map from seconds to frame position on the beat grid, ``beat_division`` frames a beat.
+
+    A beat is a quarter note, MIDI's unit of tempo: the position of time t is the number
+    of quarter notes elapsed by t under the file's tempo map, times ``beat_division``, so
+    each beat is cut into equal frames even across a tempo change.
+    """
+    change_times, qpm = midi.get_tempo_changes()
+    if len(change_times) == 0 or change_times[0] > 0:  # pretty_midi starts at 120 qpm
+        change_times = np.concatenate([[0.0], change_times])
+        qpm = np.concatenate([[120.0], qpm])
+    beats_per_second = qpm / 60.0
+    beats_at_change = np.concatenate([[0.0], np.cumsum(np.diff(change_times) * beats_per_second[:-1])])
+
+    def to_frame(t):
+        t = np.asarray(t, dtype=float)
+        i = np.maximum(np.searchsorted(change_times, t, side="right") - 1, 0)
+        return beat_division * (beats_at_change[i] + (t - change_times[i]) * beats_per_second[i])
+
+    return to_frame
+
+
+def _find_key(midi: pretty_midi.PrettyMIDI, notes: list[pretty_midi.Note]) -> tuple[int | None, str | None]:
+    """The file's key as pretty_midi's key number, and where it came from."""
+    if midi.key_signature_changes:
+        first = min(midi.key_signature_changes, key=lambda k: k.time)
+        return int(first.key_number), "signature"
+    key_number = estimate_key(notes)
+    return (key_number, "estimate") if key_number is not None else (None, None)
+
+
+def estimate_key(notes: list[pretty_midi.Note]) -> int | None:
+    """The Krumhansl-Kessler key of some notes, as a key number (0-11 major, 12-23 minor).
+
+    The pitch-class profile weights each note by its duration in seconds; the key is the
+    major or minor profile, rotated to each of the 12 tonics, that correlates best with it.
+    None when there is nothing to go on: no sounding note, or all 12 pitch classes equal.
+    """
+    profile = np.zeros(12)
+    for n in notes:
+        profile[n.pitch % 12] += max(n.end - n.start, 0.0)
+    if np.ptp(profile) == 0:
+        return None
+    scores = [
+        np.corrcoef(profile, np.roll(template, tonic))[0, 1]
+        for template in (_KK_MAJOR, _KK_MINOR)
+        for tonic in range(12)
+    ]
+    return int(np.argmax(scores))
+
+
+def _shift_to_c(tonic: int) -> int:
+    """Semitones in -6..+5 that take pitch class ``tonic`` to C."""
+    return (-tonic + 6) % 12 - 6

@@ -1,0 +1,261 @@
+"""The training loop and `rnnrbm train`: learning, checkpoints, resume, signals, divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rnnrbm_cli.checkpoint import load_checkpoint, load_model
+from rnnrbm_cli.cli import cli
+from rnnrbm_cli.datasets import load_prepared
+from rnnrbm_cli.model import ModelConfig, free_energy
+from rnnrbm_cli.train import (
+    Callbacks,
+    StopFlag,
+    Trainer,
+    TrainConfig,
+    TrainingDiverged,
+    TrainingInterrupted,
+    resolve_configs,
+    resume_trainer,
+)
+
+# Three-chord progressions (C, F, G, Am), each chord held for two frames.
+CHORDS = [[48, 52, 55], [53, 57, 60], [55, 59, 62], [57, 60, 64]]
+
+
+def chord_sequence(rng: np.random.Generator, length: int) -> np.ndarray:
+    roll = np.zeros((length, 88), np.uint8)
+    start = rng.integers(len(CHORDS))
+    for t in range(length):
+        for pitch in CHORDS[(start + t // 2) % len(CHORDS)]:
+            roll[t, pitch - 21] = 1
+    return roll
+
+
+def write_npz(path: Path, splits: dict[str, list[np.ndarray]], meta: dict) -> Path:
+    """A prepared-data file in the layout datasets.py writes (checked by load_prepared)."""
+    arrays = {}
+    for name, seqs in splits.items():
+        arrays[f"{name}_rolls"] = np.concatenate(seqs).astype(np.uint8)
+        arrays[f"{name}_lengths"] = np.array([len(s) for s in seqs], np.int64)
+    full_meta = {"format": 1, "dataset": "toy", "source_file": None, "source_sha256": None, "source_kind": "rolls",
+                 "grid": "seconds", "dt": 0.25, "beat_division": None, "transpose": "none", "skipped_files": [],
+                 "dropped_notes": 0, "created_by": "tests"}
+    full_meta.update(meta)
+    np.savez(path, meta=np.array(json.dumps(full_meta)), **arrays)
+    return path
+
+
+@pytest.fixture
+def toy_npz(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    splits = {
+        "train": [chord_sequence(rng, int(n)) for n in rng.integers(10, 40, size=24)],
+        "valid": [chord_sequence(rng, 24) for _ in range(4)],
+        "test": [chord_sequence(rng, 24) for _ in range(4)],
+    }
+    return write_npz(tmp_path / "toy.npz", splits, {})
+
+
+def small(toy_npz: Path, run_dir: Path, **kw) -> tuple[ModelConfig, TrainConfig]:
+    values = {"data": str(toy_npz), "n_hidden": 16, "n_recurrent": 8, "k": 1, "lr": 0.05, "chunk": 12,
+              "batch": 1, "epochs": 4, "seed": 3, "run_dir": str(run_dir), "device": "cpu"}
+    values.update(kw)
+    return resolve_configs(values)
+
+
+def make_trainer(toy_npz, run_dir, callbacks=None, stop=None, **kw) -> Trainer:
+    model_config, config = small(toy_npz, run_dir, **kw)
+    trainer = Trainer(model_config, config, torch.device("cpu"), load_prepared(toy_npz), toy_npz, callbacks, stop)
+    trainer.start_run_dir("test")
+    return trainer
+
+
+def test_training_makes_structured_frames_more_probable_than_random_ones(toy_npz, tmp_path):
+    trainer = make_trainer(toy_npz, tmp_path / "run", epochs=10, batch=4, lr=0.05, k=1, optimizer="adam", n_hidden=24)
+    before = params(trainer)
+    trainer.train()
+    model = trainer.model.eval()
+    test = torch.from_numpy(np.stack(load_prepared(toy_npz).splits["test"])).float()
+    g = torch.Generator().manual_seed(0)
+    # random frames with the same number of notes (three) in the same range of keys
+    random = torch.zeros_like(test)
+    for b in range(test.shape[0]):
+        for t in range(test.shape[1]):
+            random[b, t, torch.randperm(48, generator=g)[:3] + 20] = 1.0
+    with torch.no_grad():
+        bv_t, bh_t = model.conditional_biases(test)
+        f_true = free_energy(test, model.W, bv_t, bh_t)
+        f_rand = free_energy(random, model.W, bv_t, bh_t)
+    # lower free energy = more probable under the same conditional RBM (same log Z)
+    assert (f_true < f_rand).float().mean() > 0.95
+    assert (f_rand - f_true).mean() > 10.0
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_run_directory_and_checkpoint_round_trip(toy_npz, tmp_path):
+    trainer = make_trainer(toy_npz, tmp_path / "run", epochs=2)
+    result = trainer.train()
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint.pt", "command.txt", "config.json", "metrics.jsonl"]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    for m in lines:
+        assert np.isfinite(m["train_monitor"]) and np.isfinite(m["valid_monitor"]) and m["seconds"] > 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["n_hidden"] == 16 and config["train"]["k"] == 1
+    payload = torch.load(result.checkpoint, weights_only=True)  # plain tensors and values only
+    assert payload["epoch"] == 2
+    model, _ = load_model(result.checkpoint)
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+
+
+def params(trainer_or_model) -> dict[str, torch.Tensor]:
+    m = getattr(trainer_or_model, "model", trainer_or_model)
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_resume_after_epoch_two_gives_the_same_parameters(toy_npz, tmp_path, batch):
+    full = make_trainer(toy_npz, tmp_path / "full", epochs=4, batch=batch)
+    full.train()
+
+    part = make_trainer(toy_npz, tmp_path / "part", epochs=2, batch=batch)
+    part.train()
+    resumed = resume_trainer(tmp_path / "part", torch.device("cpu"), epochs=4)
+    resumed.train()
+    for k, v in params(full).items():
+        assert torch.equal(params(resumed)[k], v), k
+    lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+
+
+class StopAt(Callbacks):
+    def __init__(self, stop: StopFlag, epoch: int, update: int) -> None:
+        self.stop, self.epoch, self.update = stop, epoch, update
+
+    def on_update(self, epoch, update, n_updates):
+        if (epoch, update) == (self.epoch, self.update):
+            self.stop.set(signal.SIGINT)
+
+
+def test_interrupt_mid_epoch_checkpoints_and_resumes_exactly(toy_npz, tmp_path):
+    full = make_trainer(toy_npz, tmp_path / "full", epochs=3)
+    full.train()
+
+    stop = StopFlag()
+    part = make_trainer(toy_npz, tmp_path / "part", callbacks=StopAt(stop, 2, 5), stop=stop, epochs=3)
+    with pytest.raises(TrainingInterrupted) as info:
+        part.train()
+    assert (info.value.epoch, info.value.update) == (2, 5)
+    payload = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    assert payload["epoch"] == 1 and payload["progress"]["update"] == 5
+    resumed = resume_trainer(tmp_path / "part", torch.device("cpu"))
+    resumed.train()
+    for k, v in params(full).items():
+        assert torch.equal(params(resumed)[k], v), k
+
+
+class InjectNaN(Callbacks):
+    def __init__(self, trainer_ref: list) -> None:
+        self.ref = trainer_ref
+
+    def on_update(self, epoch, update, n_updates):
+        if (epoch, update) == (2, 3):
+            with torch.no_grad():
+                self.ref[0].model.W[0, 0] = float("nan")
+
+
+def test_a_nan_parameter_stops_the_run_and_keeps_the_last_good_checkpoint(toy_npz, tmp_path):
+    ref: list = []
+    trainer = make_trainer(toy_npz, tmp_path / "run", callbacks=InjectNaN(ref), epochs=4)
+    ref.append(trainer)
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 2"):
+        trainer.train()
+    payload = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert payload["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in payload["model_state"].values())
+
+
+def test_config_precedence_and_validation(tmp_path, toy_npz):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('n_hidden = 32\nlr = 0.01\nk = 2\n')
+    runner = CliRunner()
+    r = runner.invoke(cli, ["train", "--data", str(toy_npz), "--config", str(cfg), "--k", "1", "--epochs", "1",
+                            "--n-recurrent", "4", "--chunk", "12", "--device", "cpu", "--run-dir", str(tmp_path / "r"), "--json"])
+    assert r.exit_code == 0, r.output + r.stderr
+    out = json.loads(r.stdout)
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["model"]["n_hidden"] == 32 and config["train"]["lr"] == 0.01 and config["train"]["k"] == 1
+    assert out["epochs"] == 1 and Path(out["checkpoint"]).is_file() and Path(out["best_checkpoint"]).is_file()
+    assert set(out["metrics"]) >= {"epoch", "train_monitor", "valid_monitor", "seconds", "frames_per_second"}
+
+    cfg.write_text('n_hiden = 32\n')
+    r = runner.invoke(cli, ["train", "--data", str(toy_npz), "--config", str(cfg)])
+    assert r.exit_code == 2 and "n_hiden" in r.stderr
+    cfg.write_text('n_hidden = "many"\n')
+    r = runner.invoke(cli, ["train", "--data", str(toy_npz), "--config", str(cfg)])
+    assert r.exit_code == 2 and "n_hidden" in r.stderr
+
+
+def test_tutorial_preset_is_the_tutorial():
+    from rnnrbm_cli.train import PRESETS
+
+    model_config, config = resolve_configs(dict(PRESETS["tutorial"]))
+    assert (model_config.n_visible, model_config.n_hidden, model_config.n_recurrent) == (88, 150, 100)
+    assert not model_config.learn_u0
+    assert (config.source, config.dt, config.lr, config.optimizer, config.momentum) == ("midi", 0.3, 0.001, "sgd", 0.0)
+    assert (config.k, config.chunk, config.batch) == (15, 100, 1)
+
+
+def test_cuda_without_cuda_is_a_usage_error(toy_npz, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = CliRunner().invoke(cli, ["train", "--data", str(toy_npz), "--device", "cuda", "--run-dir", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "no CUDA" in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_refuses_changed_settings(toy_npz, tmp_path):
+    r = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path), "--lr", "0.1"])
+    assert r.exit_code == 2 and "--lr" in r.stderr
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_to_a_real_train_process_leaves_a_loadable_checkpoint(toy_npz, tmp_path, signum, code):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rnnrbm_cli", "train", "--data", str(toy_npz), "--epochs", "100000",
+           "--n-hidden", "16", "--n-recurrent", "8", "--k", "1", "--chunk", "12", "--device", "cpu",
+           "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, "training never finished an epoch"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    assert "rnnrbm train --resume" in err and "Traceback" not in err
+    model, payload = load_model(run / "checkpoint.pt")
+    assert payload["epoch"] >= 1
+    # and the run resumes from it
+    r = CliRunner().invoke(cli, ["train", "--resume", str(run), "--epochs", str(payload["epoch"] + 1), "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["epochs"] == payload["epoch"] + 1
