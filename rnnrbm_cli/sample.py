@@ -1,0 +1,393 @@
+"""Sampling: rebuild a model from its checkpoint, generate piano-rolls, write MIDI files.
+
+All ``num`` pieces come from one batched :meth:`RNNRBM.generate` call driven by one
+``torch.Generator`` seeded with ``seed`` on the model's device, so the same checkpoint,
+seed, options and device give the same rolls, and the same MIDI bytes. With a primer the
+model first reads the primer's frames and continues them; every piece begins with them.
+
+Time grid. The model thinks in frames of the grid it was trained on, which the checkpoint's
+data metadata records: ``dt`` seconds per frame on a "seconds" grid, ``beat_division``
+frames per beat on a "beats" grid. A written file plays each frame for ``dt`` seconds: the
+recorded ``dt``, or ``60 / tempo / beat_division`` on a beat grid (tempo 120 bpm unless
+asked), or whatever ``dt`` the caller passes. A MIDI primer is sampled on the training grid.
+
+    >>> from rnnrbm_cli.sample import sample
+    >>> result = sample("run/best.pt", "out.mid", num=4, seed=1)  # doctest: +SKIP
+    >>> result.rolls.shape, [f["midi"].name for f in result.files]  # doctest: +SKIP
+    ((4, 200, 88), ['out-001.mid', 'out-002.mid', 'out-003.mid', 'out-004.mid'])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from rnnrbm_cli.checkpoint import load_model
+from rnnrbm_cli.device import resolve_device
+from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
+from rnnrbm_cli.model import RNNRBM
+
+DEFAULT_TEMPO = 120.0  # bpm, for checkpoints trained on a beat grid
+MIDI_SUFFIXES = (".mid", ".midi")
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """What :func:`sample` generated and wrote.
+
+    rolls : np.ndarray, shape=(num, primer_frames + steps, 88), dtype=uint8
+        The pieces, exactly as the MIDI files hold them.
+    files : one dict per piece: {"midi": path, and "wav" / "png" when asked}.
+    dt : seconds per frame in the written files.
+    seed : the generator's seed (drawn at random when none was given).
+    primer_frames : frames each piece takes from the primer (0 without one).
+    audio : "fluidsynth" or "builtin" when WAV files were written, else None.
+    audio_note : why the built-in synth was used (None otherwise).
+    soundfont : the SoundFont FluidSynth played, if it did.
+    generate_seconds : wall-clock time of the generate call.
+    device : the device the model ran on.
+    """
+
+    rolls: np.ndarray
+    files: list[dict[str, Path]]
+    dt: float
+    seed: int
+    primer_frames: int
+    audio: str | None
+    audio_note: str | None
+    soundfont: Path | None
+    generate_seconds: float
+    device: str
+
+    @property
+    def frames(self) -> int:
+        """Frames in each piece, primer included."""
+        return int(self.rolls.shape[1])
+
+    @property
+    def seconds(self) -> float:
+        """Length of each piece in seconds."""
+        return self.frames * self.dt
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "files": [{kind: str(path) for kind, path in f.items()} for f in self.files],
+            "num": len(self.files),
+            "frames": self.frames,
+            "primer_frames": self.primer_frames,
+            "dt": self.dt,
+            "seconds": self.seconds,
+            "seed": self.seed,
+            "audio": self.audio,
+            "audio_note": self.audio_note,
+            "soundfont": str(self.soundfont) if self.soundfont else None,
+            "device": self.device,
+            "generate_seconds": self.generate_seconds,
+        }
+
+
+# -- the time grid -----------------------------------------------------------------------
+
+
+def output_dt(data: dict[str, Any] | None, *, dt: float | None = None, tempo: float | None = None) -> float:
+    """Seconds per frame for the written files.
+
+    data : the checkpoint's data metadata ("grid", "dt", "beat_division").
+    dt : seconds per frame, overriding the grid.
+    tempo : beats per minute, for a "beats" grid only (default 120).
+    """
+    data = data or {}
+    grid = data.get("grid")
+    if dt is not None and tempo is not None:
+        raise RnnrbmUsageError("give --dt or --tempo, not both: each sets the length of a frame.")
+    if dt is not None:
+        if not (dt > 0 and math.isfinite(dt)):
+            raise RnnrbmUsageError(f"--dt must be a positive number of seconds, not {dt}.")
+        return float(dt)
+    if tempo is not None and not (tempo > 0 and math.isfinite(tempo)):
+        raise RnnrbmUsageError(f"--tempo must be a positive number of beats per minute, not {tempo}.")
+    if grid == "beats" and data.get("beat_division"):
+        return 60.0 / (tempo if tempo is not None else DEFAULT_TEMPO) / float(data["beat_division"])
+    if tempo is not None:
+        raise RnnrbmUsageError(
+            "--tempo applies to a model trained on a beat grid; this checkpoint's frames are "
+            f"{data.get('dt')} seconds long: use --dt to change that."
+        )
+    if grid == "seconds" and data.get("dt"):
+        return float(data["dt"])
+    raise RnnrbmUsageError("the checkpoint records no time grid; give the seconds per frame with --dt (the tutorial used 0.3).")
+
+
+# -- primers -----------------------------------------------------------------------------
+
+
+def load_primer(
+    source: str | os.PathLike,
+    data: dict[str, Any] | None,
+    *,
+    split: str | None = None,
+    index: int | None = None,
+    steps: int | None = None,
+    dt: float | None = None,
+) -> np.ndarray:
+    """A primer roll on the model's grid: a MIDI file, or a sequence of a prepared ``.npz``.
+
+    Parameters
+    ----------
+    source : path
+        A MIDI file, sampled on the checkpoint's grid (``data``: its "dt" or
+        "beat_division", and its "transpose" mode if it recorded one); or a prepared
+        ``.npz``, whose sequence ``index`` of ``split`` (default the first test sequence)
+        is used as is, after checking that its grid is the checkpoint's.
+    data : the checkpoint's data metadata.
+    steps : keep only the first ``steps`` frames.
+    dt : seconds per frame for a MIDI primer when the checkpoint records no grid.
+
+    Returns
+    -------
+    roll : np.ndarray, shape=(T0, 88), dtype=uint8, T0 >= 1
+    """
+    source = Path(source)
+    data = data or {}
+    if steps is not None and steps < 1:
+        raise RnnrbmUsageError(f"--primer-steps must be at least 1, not {steps}.")
+    if source.suffix.lower() == ".npz":
+        from rnnrbm_cli.plot import load_sequence
+
+        if not source.is_file():
+            raise RnnrbmError(f"primer {source} does not exist.")
+        roll, split, index, meta = load_sequence(source, split, index)
+        _check_same_grid(source, meta, data)
+    else:
+        if split is not None or index is not None:
+            raise RnnrbmUsageError("--split and --index choose a sequence of a prepared .npz primer; a MIDI primer has one.")
+        from rnnrbm_cli.pianoroll import midi_to_roll
+
+        if data.get("grid") == "beats" and data.get("beat_division"):
+            grid = {"beat_division": int(data["beat_division"])}
+        elif data.get("grid") == "seconds" and data.get("dt"):
+            grid = {"dt": float(data["dt"])}
+        elif dt is not None:
+            grid = {"dt": float(dt)}
+        else:
+            raise RnnrbmUsageError("the checkpoint records no time grid to sample the primer on; give --dt.")
+        transpose = data.get("transpose") or "none"
+        roll, _ = midi_to_roll(source, transpose=transpose, **grid)
+    roll = np.asarray(roll, dtype=np.uint8)
+    if steps is not None:
+        roll = roll[:steps]
+    if roll.shape[0] == 0:
+        raise RnnrbmError(f"primer {source} has no frames; give a primer with some music in it.")
+    return roll
+
+
+def _check_same_grid(source: Path, meta: dict[str, Any], data: dict[str, Any]) -> None:
+    """A prepared primer must be on the grid the model was trained on, or its frames mean something else."""
+    if not data.get("grid") or not meta.get("grid"):
+        return
+    mine = (meta.get("grid"), meta.get("dt") if meta.get("grid") == "seconds" else meta.get("beat_division"))
+    theirs = (data.get("grid"), data.get("dt") if data.get("grid") == "seconds" else data.get("beat_division"))
+    same = mine[0] == theirs[0] and (
+        mine[1] == theirs[1] or (mine[1] is not None and theirs[1] is not None and math.isclose(mine[1], theirs[1]))
+    )
+    if not same:
+        raise RnnrbmUsageError(
+            f"primer {source} is on a {_grid_words(meta)} grid but the model was trained on a "
+            f"{_grid_words(data)} grid; give a primer prepared like the training data, or a MIDI file."
+        )
+
+
+def _grid_words(meta: dict[str, Any]) -> str:
+    if meta.get("grid") == "beats":
+        return f"{meta.get('beat_division')}-frames-per-beat"
+    return f"{meta.get('dt')}-second"
+
+
+# -- output files ------------------------------------------------------------------------
+
+
+def output_files(out: str | os.PathLike, num: int, *, wav: bool = False, png: bool = False) -> list[dict[str, Path]]:
+    """The files :func:`sample` writes: ``out`` itself for one piece, else ``out-001.mid``, ...
+
+    Each entry maps "midi" (and "wav", "png" when asked) to a path; the audio and the
+    figure sit beside the MIDI file with the same name.
+    """
+    out = Path(out)
+    if out.suffix.lower() not in MIDI_SUFFIXES:
+        raise RnnrbmUsageError(f"the output {out} should be a MIDI file name ending in .mid.")
+    if num == 1:
+        midis = [out]
+    else:
+        width = max(3, len(str(num)))
+        midis = [out.with_name(f"{out.stem}-{i:0{width}d}{out.suffix}") for i in range(1, num + 1)]
+    files = []
+    for midi in midis:
+        entry = {"midi": midi}
+        if wav:
+            entry["wav"] = midi.with_suffix(".wav")
+        if png:
+            entry["png"] = midi.with_suffix(".png")
+        files.append(entry)
+    return files
+
+
+def check_writable(files: list[dict[str, Path]], force: bool) -> None:
+    """Refuse, before anything is written, if an output exists (without ``force``) or is a folder."""
+    for entry in files:
+        for path in entry.values():
+            if path.is_dir():
+                raise RnnrbmError(f"{path} is a folder; choose another output name.")
+            if path.exists() and not force:
+                raise RnnrbmError(f"{path} already exists; pass --force to replace it.")
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failed write (a read-only folder, a full disk) into one sentence."""
+    try:
+        yield
+    except OSError as e:
+        raise RnnrbmError(f"cannot write {path} ({e.strerror or e}); choose another output name.") from None
+
+
+# -- sampling ----------------------------------------------------------------------------
+
+
+def generate_rolls(
+    model: RNNRBM,
+    num: int,
+    steps: int,
+    *,
+    k: int = 25,
+    primer: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """``num`` pieces from one batched ``model.generate`` call, seeded on the model's device.
+
+    Returns np.ndarray, shape=(num, T0 + steps, 88), dtype=uint8.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    primer_t = torch.from_numpy(np.asarray(primer, dtype=np.float32)) if primer is not None else None
+    rolls = model.generate(num, steps, k=k, primer=primer_t, generator=generator)
+    return rolls.round().to(torch.uint8).cpu().numpy()
+
+
+def sample(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    steps: int = 200,
+    k: int = 25,
+    num: int = 1,
+    seed: int | None = None,
+    primer: str | os.PathLike | None = None,
+    primer_steps: int | None = None,
+    split: str | None = None,
+    index: int | None = None,
+    dt: float | None = None,
+    tempo: float | None = None,
+    program: int = 0,
+    velocity: int = 80,
+    device: str | torch.device = "auto",
+    wav: bool = False,
+    png: bool = False,
+    force: bool = False,
+    on_message: Callable[[str], None] | None = None,
+) -> SampleResult:
+    """Generate ``num`` pieces from a checkpoint and write them as MIDI (and WAV, PNG) files.
+
+    Parameters
+    ----------
+    checkpoint : path
+        An rnnrbm checkpoint (``best.pt`` or ``checkpoint.pt`` of a run); loaded without
+        running any code it might hold.
+    out : path
+        ``x.mid``: the file for one piece, the name pattern ``x-001.mid`` ... for several.
+    steps : frames to generate after the primer.
+    k : Gibbs steps per generated frame (the tutorial's 25).
+    num : pieces, generated in parallel in one batch.
+    seed : seeds the device's generator; None draws one (reported in the result).
+    primer, primer_steps, split, index : see :func:`load_primer`.
+    dt, tempo : see :func:`output_dt`.
+    program : General MIDI program 0..127 of the written files.
+    velocity : velocity 1..127 of every note.
+    device : "auto", "cpu" or "cuda[:n]".
+    wav : also render each piece to a WAV file (see :mod:`rnnrbm_cli.synth`).
+    png : also draw each piece's piano-roll to a PNG file.
+    force : replace existing files; otherwise any existing output is an error, raised
+        before anything is generated or written.
+    on_message : called with progress sentences for a person (the CLI prints them on stderr).
+    """
+    say = on_message or (lambda text: None)
+    for name, value, low, high in (("steps", steps, 1, None), ("k", k, 1, None), ("num", num, 1, None),
+                                   ("program", program, 0, 127), ("velocity", velocity, 1, 127)):
+        if value < low or (high is not None and value > high):
+            bounds = f"in {low}..{high}" if high is not None else f"at least {low}"
+            raise RnnrbmUsageError(f"--{name} must be {bounds}, not {value}.")
+    if primer is None and (primer_steps is not None or split is not None or index is not None):
+        raise RnnrbmUsageError("--primer-steps, --split and --index apply to a --primer; give one or drop them.")
+    files = output_files(out, num, wav=wav, png=png)
+    check_writable(files, force)
+
+    torch_device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    model, payload = load_model(checkpoint, torch_device)
+    data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+    frame_dt = output_dt(data, dt=dt, tempo=tempo)
+    primer_roll = None
+    if primer is not None:
+        primer_roll = load_primer(primer, data, split=split, index=index, steps=primer_steps, dt=dt)
+        if primer_steps is not None and primer_roll.shape[0] < primer_steps:
+            say(f"the primer has only {primer_roll.shape[0]} frames; all of them are used.")
+    if seed is None:
+        seed = secrets.randbits(31)
+
+    say(f"sampling {num} piece{'s' if num != 1 else ''} of {steps} frames (k={k}) on {torch_device}, seed {seed}")
+    t0 = time.perf_counter()
+    rolls = generate_rolls(model, num, steps, k=k, primer=primer_roll, seed=seed)
+    generate_seconds = time.perf_counter() - t0
+
+    from rnnrbm_cli.pianoroll import roll_to_midi, write_midi
+
+    audio_method = audio_note = soundfont = None
+    primer_frames = 0 if primer_roll is None else int(primer_roll.shape[0])
+    for i, (roll, entry) in enumerate(zip(rolls, files), start=1):
+        with _writing(entry["midi"]):
+            write_midi(roll, entry["midi"], frame_dt, program=program, velocity=velocity)
+        if wav:
+            from rnnrbm_cli import synth
+
+            audio = synth.render(roll_to_midi(roll, frame_dt, program=program, velocity=velocity))
+            with _writing(entry["wav"]):
+                synth.write_wav(entry["wav"], audio)
+            audio_method, audio_note, soundfont = audio.method, audio.reason, audio.soundfont
+        if png:
+            from rnnrbm_cli import plot
+
+            title = f"{entry['midi'].name}: sampled from {Path(checkpoint).name}, seed {seed}" + (
+                f", piece {i} of {num}" if num > 1 else ""
+            )
+            marks = {"primer | sampled": primer_frames * frame_dt} if primer_frames else None
+            fig = plot.roll_figure(roll, frame_length=frame_dt, unit="s", title=title, marks=marks)
+            plot.save_figure(fig, entry["png"])
+    return SampleResult(
+        rolls=rolls,
+        files=files,
+        dt=frame_dt,
+        seed=seed,
+        primer_frames=primer_frames,
+        audio=audio_method,
+        audio_note=audio_note,
+        soundfont=soundfont,
+        generate_seconds=generate_seconds,
+        device=str(torch_device),
+    )

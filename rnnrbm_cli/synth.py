@@ -1,0 +1,199 @@
+"""Audio for sampled music: FluidSynth with a SoundFont when there is one, else a built-in synth.
+
+FluidSynth (through pretty_midi, which needs the ``pyfluidsynth`` module and its
+``libfluidsynth``) plays the General MIDI program the file asks for. Without it, a small
+additive synthesiser renders every note as a few decaying harmonics, the same for every
+program: enough to hear the music, not to judge the timbre. :func:`render` says which of
+the two it used and why, so that the caller can tell the user.
+
+The SoundFont is, in this order: the file named by ``$RNNRBM_SOUNDFONT``, the first of
+:data:`SOUNDFONT_PATHS` that exists, or the small ``TimGM6mb.sf2`` that pretty_midi ships.
+
+    >>> from rnnrbm_cli.pianoroll import roll_to_midi
+    >>> audio = render(roll_to_midi(roll, dt=0.3))  # doctest: +SKIP
+    >>> write_wav("out.wav", audio)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+
+from rnnrbm_cli._io import atomic_open
+from rnnrbm_cli.errors import RnnrbmError
+
+SAMPLE_RATE = 44100  # Hz, CD quality
+SOUNDFONT_ENV = "RNNRBM_SOUNDFONT"
+
+#: Where Debian/Ubuntu, Fedora, Arch, Homebrew and MacPorts put a General MIDI SoundFont.
+SOUNDFONT_PATHS = (
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
+    "/usr/share/sounds/sf2/default-GM.sf2",
+    "/usr/share/sounds/sf2/TimGM6mb.sf2",
+    "/usr/share/soundfonts/default.sf2",
+    "/usr/share/soundfonts/FluidR3_GM.sf2",
+    "/usr/share/soundfonts/FluidR3_GM2-2.sf2",
+    "/usr/local/share/soundfonts/default.sf2",
+    "/opt/homebrew/share/soundfonts/default.sf2",
+    "/opt/local/share/sounds/sf2/FluidR3_GM.sf2",
+)
+
+# The built-in synth's harmonics (relative amplitudes) and envelope.
+_HARMONICS = (1.0, 0.5, 0.3, 0.18, 0.1, 0.06)
+_ATTACK_S = 0.005  # a linear rise this long: no click at the onset
+_RELEASE_S = 0.08  # an exponential fade after the note ends: no click at the offset
+_PEAK = 0.9  # the loudest sample of a file, as a fraction of full scale
+
+
+@dataclass(frozen=True)
+class Audio:
+    """A rendered waveform and how it was made."""
+
+    samples: np.ndarray  # shape=(n,), float32 in [-1, 1], mono
+    sample_rate: int  # Hz
+    method: str  # "fluidsynth" or "builtin"
+    soundfont: Path | None  # the .sf2 FluidSynth played, None for the built-in synth
+    reason: str | None  # why the built-in synth was used, None for FluidSynth
+
+
+def find_soundfont() -> Path | None:
+    """The SoundFont to use: ``$RNNRBM_SOUNDFONT``, a system one, or pretty_midi's own.
+
+    Raises RnnrbmError if ``$RNNRBM_SOUNDFONT`` is set but names no file: a user who set
+    it wants that sound, not a silent substitute.
+    """
+    named = os.environ.get(SOUNDFONT_ENV)
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise RnnrbmError(f"${SOUNDFONT_ENV} names {path}, which is not a file; point it at a .sf2 SoundFont or unset it.")
+        return path
+    bundled = Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
+    for candidate in (*map(Path, SOUNDFONT_PATHS), bundled):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def fluidsynth_problem() -> str | None:
+    """Why FluidSynth cannot be used here, or None if pyfluidsynth imports."""
+    try:
+        import fluidsynth  # noqa: F401
+    except ImportError:
+        return "the pyfluidsynth module is not installed (pip install pyfluidsynth, with libfluidsynth)"
+    except OSError as e:  # the module is there but libfluidsynth is not
+        return f"pyfluidsynth cannot load libfluidsynth ({e})"
+    return None
+
+
+def render(midi: pretty_midi.PrettyMIDI, sample_rate: int = SAMPLE_RATE) -> Audio:
+    """Render ``midi`` to a mono waveform, with FluidSynth if possible, else built in.
+
+    Returns an :class:`Audio` whose ``method`` says which, and whose ``reason`` says why
+    FluidSynth was not used.
+    """
+    reason = fluidsynth_problem()
+    soundfont = None
+    if reason is None:
+        soundfont = find_soundfont()
+        if soundfont is None:
+            reason = f"no SoundFont was found (set ${SOUNDFONT_ENV} to a .sf2 file)"
+    if reason is None:
+        try:
+            samples = _fluidsynth(midi, sample_rate, soundfont)
+        except Exception as e:  # a broken SoundFont or library: fall back, and say so
+            reason = f"FluidSynth failed ({str(e) or type(e).__name__})"
+        else:
+            return Audio(_normalise(samples), sample_rate, "fluidsynth", soundfont, None)
+    return Audio(synthesize(midi, sample_rate), sample_rate, "builtin", None, reason)
+
+
+def _fluidsynth(midi: pretty_midi.PrettyMIDI, sample_rate: int, soundfont: Path) -> np.ndarray:
+    # pretty_midi 0.2.11 renamed sf2_path to synthesizer (and warns about the old name).
+    if "synthesizer" in inspect.signature(midi.fluidsynth).parameters:
+        samples = midi.fluidsynth(fs=sample_rate, synthesizer=str(soundfont))
+    else:
+        samples = midi.fluidsynth(fs=sample_rate, sf2_path=str(soundfont))
+    # pretty_midi returns nothing for a file without notes; keep the file's length.
+    n = int(np.ceil(midi.get_end_time() * sample_rate))
+    return np.pad(samples, (0, max(n - samples.shape[0], 0)))
+
+
+def synthesize(midi: pretty_midi.PrettyMIDI, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The built-in synth: each note a sum of decaying harmonics with a soft attack and release.
+
+    Parameters
+    ----------
+    midi : pretty_midi.PrettyMIDI
+        Notes of all non-drum instruments are played; the program is ignored.
+    sample_rate : int
+        Samples per second.
+
+    Returns
+    -------
+    samples : np.ndarray, shape=(ceil((end_time + release) * sample_rate),), dtype=float32
+        Peak-normalised to 0.9 of full scale; all zeros if there is no note.
+    """
+    notes = [n for inst in midi.instruments if not inst.is_drum for n in inst.notes]
+    release_n = int(5 * _RELEASE_S * sample_rate)  # e^-5: inaudible
+    n_total = int(np.ceil(midi.get_end_time() * sample_rate)) + release_n
+    out = np.zeros(max(n_total, 1), dtype=np.float64)
+    spans = [(n, int(round(n.start * sample_rate))) for n in notes]
+    spans = [(n, a, max(int(round(n.end * sample_rate)) - a, 1)) for n, a in spans]
+    # Each pitch's tone is rendered once, as long as its longest note; a note takes the
+    # head of it and fades out from its end.
+    longest: dict[int, int] = {}
+    for n, _, held_n in spans:
+        longest[n.pitch] = max(longest.get(n.pitch, 0), held_n)
+    tones = {pitch: _tone(pitch, held_n + release_n, sample_rate) for pitch, held_n in longest.items()}
+    release = np.exp(-np.arange(release_n) / (_RELEASE_S * sample_rate))
+    for n, start, held_n in spans:
+        sound = tones[n.pitch][: held_n + release_n].copy()
+        sound[held_n:] *= release[: sound.size - held_n]
+        end = min(start + sound.size, out.size)
+        out[start:end] += (n.velocity / 127.0) * sound[: end - start]
+    return _normalise(out)
+
+
+def _tone(pitch: int, n_samples: int, sample_rate: int) -> np.ndarray:
+    """A held note of the built-in synth at full velocity, ``n_samples`` long."""
+    freq = 440.0 * 2.0 ** ((pitch - 69) / 12)
+    # Low notes ring longer than high ones, as on a piano.
+    decay_s = 0.4 + 1.6 * min(1.0, (110.0 / freq) ** 0.5)
+    # After 8 decay times (e^-8, -70 dB) a held note is silent: render no further.
+    audible = min(n_samples, int(8 * decay_s * sample_rate))
+    t = np.arange(audible) / sample_rate
+    envelope = np.minimum(t / _ATTACK_S, 1.0) * np.exp(-t / decay_s)
+    tone = np.zeros_like(t)
+    for h, amplitude in enumerate(_HARMONICS, start=1):
+        if h * freq < sample_rate / 2:  # nothing above Nyquist: no aliasing
+            # Higher harmonics die away faster: the tone darkens as it decays.
+            tone += amplitude * np.exp(-t * (h - 1) / decay_s) * np.sin(2 * np.pi * h * freq * t)
+    return np.pad(envelope * tone, (0, n_samples - audible))
+
+
+def _normalise(samples: np.ndarray) -> np.ndarray:
+    samples = np.asarray(samples, dtype=np.float64)
+    peak = np.abs(samples).max() if samples.size else 0.0
+    if peak > 0:
+        samples = samples * (_PEAK / peak)
+    return samples.astype(np.float32)
+
+
+def write_wav(path: str | os.PathLike, audio: Audio) -> Path:
+    """Write ``audio`` atomically as a 16-bit mono PCM WAV file; return the path."""
+    pcm = np.clip(np.round(audio.samples * 32767), -32768, 32767).astype("<i2")
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        with wave.open(f, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(audio.sample_rate)
+            w.writeframes(pcm.tobytes())
+    return path

@@ -1,0 +1,369 @@
+"""`rnnrbm sample` and rnnrbm_cli.sample: rolls that round-trip, seeds, batching, primers, safety."""
+
+from __future__ import annotations
+
+import json
+import struct
+import wave
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from rnnrbm_cli.checkpoint import save_checkpoint
+from rnnrbm_cli.cli import cli
+from rnnrbm_cli.datasets import write_prepared
+from rnnrbm_cli.errors import RnnrbmUsageError
+from rnnrbm_cli.model import RNNRBM, ModelConfig
+from rnnrbm_cli.pianoroll import midi_to_roll, write_midi
+from rnnrbm_cli.sample import output_dt, output_files, sample
+
+SECONDS_GRID = {"dataset": "toy", "grid": "seconds", "dt": 0.3, "beat_division": None}
+BEATS_GRID = {"dataset": "toy", "grid": "beats", "dt": None, "beat_division": 2, "transpose": "c"}
+
+
+def make_checkpoint(path: Path, data: dict | None = None, seed: int = 0) -> Path:
+    """A real RNN-RBM (20 hidden, 10 recurrent) with random weights, saved as train.py saves one.
+
+    The weights are larger than the tutorial's initialisation so that samples have
+    structure: some keys often on, most rarely, and frames that depend on the past.
+    """
+    torch.manual_seed(seed)
+    config = ModelConfig(n_hidden=20, n_recurrent=10)
+    model = RNNRBM(config)
+    with torch.no_grad():
+        model.W.normal_(0, 0.6)
+        model.bv.normal_(-3, 1)
+        model.Wuv.normal_(0, 1)
+        model.Wuh.normal_(0, 1)
+        model.Wvu.normal_(0, 0.5)
+        model.Wuu.normal_(0, 0.5)
+    payload = {"model_config": asdict(config), "model_state": model.state_dict(), "data": data or dict(SECONDS_GRID)}
+    save_checkpoint(path, payload)
+    return path
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> Path:
+    return make_checkpoint(tmp_path / "ckpt.pt")
+
+
+def run(*args) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="rnnrbm")
+
+
+def one_sentence_error(result: Result, code: int = 1) -> str:
+    """Assert a clean failure: the exit code, no traceback, one line on stderr; return it."""
+    assert result.exit_code == code, (result.output, result.stderr)
+    assert isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ") and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+# -- what is written is what was generated ---------------------------------------------
+
+
+def test_sampled_files_read_back_into_exactly_the_generated_rolls(ckpt: Path, tmp_path: Path):
+    result = sample(ckpt, tmp_path / "out.mid", steps=60, k=5, num=3, seed=11, device="cpu")
+    assert result.rolls.shape == (3, 60, 88) and result.rolls.dtype == np.uint8
+    # A test worth its name needs music in the rolls: some notes, not every key on,
+    # and the three pieces different from each other.
+    assert 0.01 < result.rolls.mean() < 0.5
+    assert not (result.rolls[0] == result.rolls[1]).all()
+    assert result.dt == 0.3 and result.seconds == pytest.approx(18.0)
+    assert [f["midi"].name for f in result.files] == ["out-001.mid", "out-002.mid", "out-003.mid"]
+    for roll, entry in zip(result.rolls, result.files):
+        back, _ = midi_to_roll(entry["midi"], dt=0.3)
+        np.testing.assert_array_equal(back, roll)
+
+
+def test_same_seed_same_bytes_and_another_seed_another_file(ckpt: Path, tmp_path: Path):
+    for name, seed in (("a.mid", 7), ("b.mid", 7), ("c.mid", 8)):
+        r = run("sample", ckpt, tmp_path / name, "--seed", seed, "--steps", 50, "--k", 5, "--device", "cpu")
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout.strip() == str(tmp_path / name)
+    a, b, c = ((tmp_path / n).read_bytes() for n in ("a.mid", "b.mid", "c.mid"))
+    assert a == b
+    assert a != c
+
+
+def test_num_8_writes_eight_files_from_one_batched_generate_call(ckpt: Path, tmp_path: Path, monkeypatch):
+    calls = []
+    real_generate = RNNRBM.generate
+
+    def counting_generate(self, n, steps, *args, **kwargs):
+        calls.append(n)
+        return real_generate(self, n, steps, *args, **kwargs)
+
+    monkeypatch.setattr(RNNRBM, "generate", counting_generate)
+    r = run("sample", ckpt, tmp_path / "song.mid", "--num", 8, "--steps", 30, "--k", 3, "--seed", 1, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert calls == [8]
+    report = json.loads(r.stdout)
+    names = [Path(f["midi"]).name for f in report["files"]]
+    assert names == [f"song-{i:03d}.mid" for i in range(1, 9)]
+    assert all(Path(f["midi"]).is_file() for f in report["files"])
+    assert report["frames"] == 30 and report["dt"] == 0.3 and report["seed"] == 1
+    assert report["seconds"] == pytest.approx(9.0)
+    # eight different pieces, not one piece eight times
+    assert len({Path(f["midi"]).read_bytes() for f in report["files"]}) == 8
+
+
+def test_seed_is_drawn_and_reported_when_not_given(ckpt: Path, tmp_path: Path):
+    r = run("sample", ckpt, tmp_path / "a.mid", "--steps", 20, "--k", 3, "--json")
+    assert r.exit_code == 0, r.stderr
+    seed = json.loads(r.stdout)["seed"]
+    r2 = run("sample", ckpt, tmp_path / "b.mid", "--steps", 20, "--k", 3, "--seed", seed)
+    assert r2.exit_code == 0
+    assert (tmp_path / "a.mid").read_bytes() == (tmp_path / "b.mid").read_bytes()
+
+
+# -- primers -----------------------------------------------------------------------------
+
+
+def hand_primer() -> np.ndarray:
+    """Eight frames: a C major triad held four frames, then a G7 chord for four."""
+    roll = np.zeros((8, 88), np.uint8)
+    roll[:4, [60 - 21, 64 - 21, 67 - 21]] = 1
+    roll[4:, [55 - 21, 59 - 21, 62 - 21, 65 - 21]] = 1
+    return roll
+
+
+def test_primed_sample_begins_with_the_midi_primer(ckpt: Path, tmp_path: Path):
+    primer = hand_primer()
+    write_midi(primer, tmp_path / "primer.mid", dt=0.3)
+    r = run("sample", ckpt, tmp_path / "out.mid", "--primer", tmp_path / "primer.mid", "--primer-steps", 6,
+            "--steps", 20, "--k", 5, "--num", 2, "--seed", 3, "--json")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["primer_frames"] == 6 and report["frames"] == 26
+    for entry in report["files"]:
+        back, _ = midi_to_roll(entry["midi"], dt=0.3)
+        assert back.shape == (26, 88)
+        np.testing.assert_array_equal(back[:6], primer[:6])
+
+
+def test_primer_changes_what_follows(ckpt: Path, tmp_path: Path):
+    # The model reads the primer: the same seed continues two primers differently.
+    empty, chords = np.zeros((8, 88), np.uint8), hand_primer()
+    a = sample(ckpt, tmp_path / "a.mid", steps=30, k=5, seed=5, primer=_midi(tmp_path / "e.mid", empty))
+    b = sample(ckpt, tmp_path / "b.mid", steps=30, k=5, seed=5, primer=_midi(tmp_path / "c.mid", chords))
+    assert not (a.rolls[0, 8:] == b.rolls[0, 8:]).all()
+
+
+def _midi(path: Path, roll: np.ndarray) -> Path:
+    write_midi(roll, path, dt=0.3)
+    return path
+
+
+def test_npz_primer_takes_the_chosen_sequence(ckpt: Path, tmp_path: Path):
+    rng = np.random.default_rng(0)
+    seqs = [(rng.random((n, 88)) < 0.05).astype(np.uint8) for n in (12, 15, 9)]
+    npz = write_prepared(tmp_path / "data.npz", {"train": seqs[:1], "valid": seqs[1:], "test": seqs[:2]},
+                         {"format": 1, **SECONDS_GRID, "transpose": "none"})
+    result = sample(ckpt, tmp_path / "out.mid", steps=10, k=3, seed=0, primer=npz, split="valid", index=1)
+    assert result.primer_frames == 9
+    np.testing.assert_array_equal(result.rolls[0, :9], seqs[2])
+    # default: the first test sequence
+    result = sample(ckpt, tmp_path / "out2.mid", steps=10, k=3, seed=0, primer=npz)
+    np.testing.assert_array_equal(result.rolls[0, :12], seqs[0])
+    # a sequence that is not there is a usage error
+    r = run("sample", ckpt, tmp_path / "x.mid", "--primer", npz, "--split", "valid", "--index", 5)
+    assert "0..1" in one_sentence_error(r, code=2)
+
+
+def test_npz_primer_on_another_grid_is_refused(ckpt: Path, tmp_path: Path):
+    seq = np.zeros((10, 88), np.uint8)
+    npz = write_prepared(tmp_path / "beats.npz", {"train": [seq], "valid": [seq], "test": [seq]},
+                         {"format": 1, **BEATS_GRID})
+    r = run("sample", ckpt, tmp_path / "x.mid", "--primer", npz)
+    assert "grid" in one_sentence_error(r, code=2)
+    assert not (tmp_path / "x.mid").exists()
+
+
+def test_real_nottingham_primer_on_a_beat_grid_model(tmp_path: Path, shared_datasets: Path):
+    from rnnrbm_cli.datasets import load_prepared, prepare
+
+    npz = prepare("nottingham", cache_dir=tmp_path / "cache", mirror=shared_datasets, progress=False).path
+    first_test = load_prepared(npz).splits["test"][0]
+    ckpt = make_checkpoint(tmp_path / "beats.pt", data={**BEATS_GRID, "dataset": "nottingham"})
+    r = run("sample", ckpt, tmp_path / "out.mid", "--primer", npz, "--primer-steps", 32, "--steps", 32,
+            "--k", 5, "--seed", 2, "--tempo", 90, "--json")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["dt"] == pytest.approx(60 / 90 / 2)
+    back, _ = midi_to_roll(report["files"][0]["midi"], dt=report["dt"])
+    np.testing.assert_array_equal(back[:32], first_test[:32])
+    assert back.shape[0] == 64
+
+
+# -- the time grid -----------------------------------------------------------------------
+
+
+def test_output_dt_follows_the_checkpoint_grid_and_the_overrides():
+    assert output_dt(SECONDS_GRID) == 0.3
+    assert output_dt(SECONDS_GRID, dt=0.125) == 0.125
+    assert output_dt(BEATS_GRID) == 0.25  # 120 bpm, 2 frames a beat
+    assert output_dt(BEATS_GRID, tempo=60) == 0.5
+    assert output_dt(BEATS_GRID, dt=0.1) == 0.1
+    with pytest.raises(RnnrbmUsageError, match="--tempo applies"):
+        output_dt(SECONDS_GRID, tempo=100)
+    with pytest.raises(RnnrbmUsageError, match="not both"):
+        output_dt(BEATS_GRID, dt=0.1, tempo=100)
+    with pytest.raises(RnnrbmUsageError, match="--dt"):
+        output_dt({})
+
+
+def test_beat_grid_checkpoint_writes_frames_of_60_over_tempo_over_division(tmp_path: Path):
+    ckpt = make_checkpoint(tmp_path / "beats.pt", data=BEATS_GRID)
+    r = run("sample", ckpt, tmp_path / "out.mid", "--steps", 24, "--k", 3, "--seed", 4, "--tempo", 150, "--json")
+    assert r.exit_code == 0, r.stderr
+    dt = json.loads(r.stdout)["dt"]
+    assert dt == pytest.approx(0.2)
+    midi = pretty_midi.PrettyMIDI(str(tmp_path / "out.mid"))
+    assert midi.get_end_time() == pytest.approx(24 * 0.2)
+    starts = np.array([n.start for n in midi.instruments[0].notes])
+    np.testing.assert_allclose(starts / 0.2, np.round(starts / 0.2), atol=1e-6)
+
+
+def test_program_and_velocity_are_written(ckpt: Path, tmp_path: Path):
+    r = run("sample", ckpt, tmp_path / "out.mid", "--steps", 20, "--k", 3, "--seed", 0,
+            "--program", 40, "--velocity", 100)
+    assert r.exit_code == 0, r.stderr
+    (inst,) = pretty_midi.PrettyMIDI(str(tmp_path / "out.mid")).instruments
+    assert inst.program == 40
+    assert inst.notes and {n.velocity for n in inst.notes} == {100}
+
+
+# -- extra outputs -----------------------------------------------------------------------
+
+
+def test_wav_and_png_beside_the_midi(ckpt: Path, tmp_path: Path):
+    r = run("sample", ckpt, tmp_path / "out.mid", "--steps", 20, "--k", 3, "--seed", 0, "--wav", "--png", "--json")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["files"] == [{"midi": str(tmp_path / "out.mid"), "wav": str(tmp_path / "out.wav"),
+                                "png": str(tmp_path / "out.png")}]
+    with wave.open(str(tmp_path / "out.wav")) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 44100)
+        seconds = w.getnframes() / 44100
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    assert 20 * 0.3 <= seconds < 20 * 0.3 + 1
+    assert np.abs(pcm).max() > 10000  # sound, not silence
+    assert report["audio"] in ("fluidsynth", "builtin")
+    said = " ".join(r.stderr.split())
+    assert ("built-in synthesiser" in said) if report["audio"] == "builtin" else ("FluidSynth" in said)
+    assert png_size(tmp_path / "out.png") == (1200, 500)
+
+
+# -- refusing ----------------------------------------------------------------------------
+
+
+class _WritesMarker:
+    """Unpickling this object opens (creates) a file: code running on load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _bad_checkpoint(kind: str, tmp_path: Path, good: Path) -> Path:
+    path = tmp_path / f"{kind}.pt"
+    if kind == "missing":
+        return path
+    if kind == "truncated":
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "foreign":
+        torch.save([1, 2, 3], path)
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif kind == "crafted":
+        payload = {"format": "rnnrbm-checkpoint", "version": 1, "model_config": {},
+                   "model_state": {}, "data": _WritesMarker(tmp_path / "marker")}
+        torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "foreign", "random", "crafted"])
+def test_bad_checkpoints_fail_in_one_sentence(kind: str, ckpt: Path, tmp_path: Path):
+    bad = _bad_checkpoint(kind, tmp_path, ckpt)
+    r = run("sample", bad, tmp_path / "out.mid", "--steps", 5)
+    message = one_sentence_error(r)
+    assert str(bad) in message
+    assert not (tmp_path / "out.mid").exists()
+    assert not (tmp_path / "marker").exists()
+
+
+def test_the_crafted_checkpoint_really_runs_code_when_loaded_unsafely(ckpt: Path, tmp_path: Path):
+    # So that the refusal above proves something: without weights_only the code runs.
+    bad = _bad_checkpoint("crafted", tmp_path, ckpt)
+    torch.load(bad, weights_only=False)
+    assert (tmp_path / "marker").exists()
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_config(tmp_path: Path):
+    config = ModelConfig(n_hidden=20, n_recurrent=10)
+    state = RNNRBM(ModelConfig(n_hidden=30, n_recurrent=10)).state_dict()
+    save_checkpoint(tmp_path / "c.pt", {"model_config": asdict(config), "model_state": state, "data": SECONDS_GRID})
+    one_sentence_error(run("sample", tmp_path / "c.pt", tmp_path / "out.mid"))
+
+
+def test_existing_output_is_untouched_without_force(ckpt: Path, tmp_path: Path):
+    out = tmp_path / "out.mid"
+    out.write_bytes(b"precious")
+    r = run("sample", ckpt, out, "--steps", 5, "--k", 2)
+    assert str(out) in one_sentence_error(r)
+    assert out.read_bytes() == b"precious"
+    r = run("sample", ckpt, out, "--steps", 5, "--k", 2, "--force")
+    assert r.exit_code == 0, r.stderr
+    assert out.read_bytes().startswith(b"MThd")
+
+
+def test_all_outputs_are_checked_before_any_is_written(ckpt: Path, tmp_path: Path):
+    (tmp_path / "out-002.png").write_bytes(b"precious")
+    r = run("sample", ckpt, tmp_path / "out.mid", "--num", 3, "--steps", 5, "--k", 2, "--png")
+    assert "out-002.png" in one_sentence_error(r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "out-002.png"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--velocity", "0"],
+        ["--program", "128"],
+        ["--steps", "0"],
+        ["--tempo", "100"],  # a seconds-grid checkpoint
+        ["--split", "test"],  # without a primer
+    ],
+)
+def test_usage_errors_exit_2(args, ckpt: Path, tmp_path: Path):
+    r = run("sample", ckpt, tmp_path / "out.mid", *args)
+    assert r.exit_code == 2, r.stderr
+    assert not (tmp_path / "out.mid").exists()
+
+
+def test_output_must_be_a_midi_name(tmp_path: Path):
+    with pytest.raises(RnnrbmUsageError, match=r"\.mid"):
+        output_files(tmp_path / "out.wav", 1)
+    assert [f["midi"].name for f in output_files(tmp_path / "x.mid", 1000)][:2] == ["x-0001.mid", "x-0002.mid"]
+
+
+def test_help_ends_with_an_example():
+    r = run("sample", "--help")
+    assert r.exit_code == 0
+    assert "rnnrbm sample " in r.stdout.split("Example:")[1]
