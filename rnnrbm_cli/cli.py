@@ -688,9 +688,9 @@ def _checkpoint_data(payload: dict) -> str | None:
 @click.option("--betas", type=click.IntRange(min=1), default=_EVAL_DEFAULTS["betas"], show_default=True,
               help="AIS inverse temperatures per run.")
 @click.option("--samples", type=click.IntRange(min=1), default=_EVAL_DEFAULTS["samples"], show_default=True,
-              help="Gibbs samples per frame for the note probabilities of ACC.")
+              help="Gibbs chains per frame for its note probabilities (used by ACC and the AIS base).")
 @click.option("--gibbs", type=click.IntRange(min=1), default=_EVAL_DEFAULTS["gibbs"], show_default=True,
-              help="Gibbs steps behind each of those samples.")
+              help="Gibbs steps per chain (for ACC, chains start from the previous true frame).")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Evaluate a seeded random subset of this many frames (a quick estimate).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the frame subset, AIS and Gibbs sampling.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -748,12 +748,13 @@ def _print_evaluation(r: dict) -> None:
 
     table = Table(title=f"{escape(r['checkpoint'])} on {r['split']}", title_justify="left")
     table.add_column("measure")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")
     table.add_row("LL (nats per frame)", f"{r['log_likelihood']:.3f} ± {r['log_likelihood_stderr']:.3f}")
     table.add_row("ACC (%)", f"{r['frame_accuracy']:.2f}")
     table.add_row("frames", f"{r['frames']:,}")
-    method = "exact log Z" if r["method"] == "exact" else f"AIS, {r['chains']} chains x {r['betas']} betas"
-    table.add_row("method", method)
+    method = "exact, by enumeration" if r["method"] == "exact" else f"AIS, {r['chains']} chains x {r['betas']} betas"
+    table.add_row("log Z", method)
+    table.add_row("ACC from", f"{r['samples']} samples x {r['gibbs']} Gibbs steps")
+    table.add_row("data", escape(r["data"]))
     table.add_row("seconds", f"{r['seconds']:.1f}")
-    table.caption = f"data: {escape(r['data'])}; ACC from {r['samples']} samples x {r['gibbs']} Gibbs steps"
     out_console.print(table)
