@@ -15,6 +15,7 @@ This module knows tensors only: no files, no loop over epochs.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -234,7 +235,14 @@ class RNNRBM(nn.Module):
         the RNN. With a ``primer`` (T0, n_visible), the model first reads the primer and
         the result begins with it. Returns (n, T0 + steps, n_visible) float 0/1 on the
         model's device.
+
+        A float32 model on the CPU uses the compiled kernels of ``cpu_kernels`` (same
+        sampler, its own random streams drawn from ``generator``) unless RNNRBM_NO_NUMBA
+        is set; the loop below is the reference and runs everywhere else.
         """
+        kernels = cpu_kernels_for(self)
+        if kernels is not None and (primer is None or bool(((primer == 0) | (primer == 1)).all())):
+            return kernels.generate(self, n, steps, k, primer, generator)
         device = self.W.device
         n_v = self.config.n_visible
         u = self.u0.expand(n, -1)
@@ -253,3 +261,17 @@ class RNNRBM(nn.Module):
             u = torch.tanh(self.bu + u @ Wuu + v @ Wvu)
         frames.append(out)
         return torch.cat(frames, dim=1)
+
+
+def cpu_kernels_for(model: RNNRBM):
+    """The compiled CPU kernels (the ``cpu_kernels`` module) when they can run ``model``:
+    float32 parameters on the CPU, numba installed, RNNRBM_NO_NUMBA unset; else None."""
+    if model.W.device.type != "cpu" or model.W.dtype != torch.float32:
+        return None
+    if os.environ.get("RNNRBM_NO_NUMBA", "") not in ("", "0"):
+        return None
+    try:
+        from rnnrbm_cli import cpu_kernels
+    except ImportError:  # numba missing: the torch path still works
+        return None
+    return cpu_kernels

@@ -1,0 +1,903 @@
+"""Numba-compiled CPU kernels for the RNN-RBM: one CD-k gradient pass, and generation.
+
+The same mathematics as :meth:`RNNRBM.cd_cost` followed by ``backward()``, and as
+:meth:`RNNRBM.generate`, written for a CPU with no torch op in the hot loop:
+
+- binary frames are sparse (about 4 of 88 keys), so ``v W`` is the sum of the rows of W
+  for the keys that are on, and ``h W^T`` the sum of the rows of W^T for the hidden
+  units that are on;
+- the Gibbs chains of different frames are independent for all k steps (their biases
+  bv(t), bh(t) are fixed during the chain), so frames run in parallel with no
+  synchronisation between steps;
+- the CD gradient is written in closed form (see :func:`_cd`), then back-propagated
+  through time into the RNN, so no autograd graph is built; a plain SGD step can be
+  applied in the same call;
+- random numbers come from a counter-based generator (SplitMix64: a 64-bit counter
+  through a bijective mixer), one stream per frame (training), per row (Gibbs chains) or
+  per sequence (generation), keyed by a 64-bit seed that each call draws from the
+  caller's ``torch.Generator``. Results therefore depend only on that generator's state,
+  not on the number of threads, and a run resumed from a checkpoint (which stores the
+  generator's state) continues exactly.
+
+The streams differ from the torch path's ``torch.rand`` draws, so the two backends give
+different samples from the same distributions; the tests compare them where that is
+deterministic (gradients with given negative samples, the monitor with a certain hidden
+sample, strongly biased generation) and by sampling statistics elsewhere.
+
+Everything is float32, as the torch model is. exp, tanh and softplus are written out as
+range reduction plus polynomial (within 3 ulp of the float64 result) so that LLVM
+vectorises them; ``math.exp`` would be a scalar library call per element. Inputs are
+0/1 frames; the wrappers and the trainer check that once, not per update.
+
+Functions are compiled with ``cache=True``: the first call on a machine compiles (about
+a minute on two cores) and stores the machine code in ``__pycache__`` next to this file
+(or in numba's user cache, or ``$NUMBA_CACHE_DIR``); later processes load it in ~0.3 s.
+Parallel loops use numba's own thread pool ("workqueue"): its OpenMP layer, the default
+where libgomp is installed, spins and takes milliseconds per parallel region when other
+processes share the cores. That pool must not be entered from two Python threads at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import weakref
+
+import numpy as np
+import torch
+from llvmlite import ir
+import numba
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+# numba's OpenMP layer (its default where libgomp is installed) busy-waits: on a 2-core
+# machine shared with other processes a parallel region then costs ~5 ms instead of ~20 us.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+# fastmath without "reassoc": the Cody-Waite reduction in _exp needs its order of operations.
+_ELEMENTWISE = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
+
+_f32 = np.float32
+_u64 = np.uint64
+
+_LOG2E = _f32(1.4426950408889634)
+_LN2_HI = _f32(0.693359375)
+_LN2_LO = _f32(-2.12194440e-4)
+_EXP_LO = _f32(-87.0)  # exp(-87) is still a normal float32
+_EXP_HI = _f32(88.0)
+_E1, _E2, _E3 = _f32(1.9875691500e-4), _f32(1.3981999507e-3), _f32(8.3334519073e-3)
+_E4, _E5, _E6 = _f32(4.1665795894e-2), _f32(1.6666665459e-1), _f32(5.0000001201e-1)
+_ZERO, _HALF, _ONE, _TWO = _f32(0.0), _f32(0.5), _f32(1.0), _f32(2.0)
+_TANH_SMALL = _f32(0.125)
+_T3, _T5, _T7 = _f32(-1.0 / 3.0), _f32(2.0 / 15.0), _f32(-17.0 / 315.0)
+_L3, _L5, _L7, _L9 = _f32(1 / 3), _f32(1 / 5), _f32(1 / 7), _f32(1 / 9)
+_L11, _L13, _L15 = _f32(1 / 11), _f32(1 / 13), _f32(1 / 15)
+
+
+# -- how functions are compiled -----------------------------------------------------------
+#
+# error_model="numpy": a division by zero gives inf instead of raising, which removes the
+# checks that would stop loops from vectorising. cache=True: compiled once per machine.
+
+_inline = functools.partial(njit, inline="always", fastmath=_ELEMENTWISE, error_model="numpy", cache=True)
+_serial = functools.partial(njit, fastmath=_ELEMENTWISE, error_model="numpy", cache=True)
+_parallel = functools.partial(njit, parallel=True, fastmath=_ELEMENTWISE, error_model="numpy", cache=True)
+
+
+# -- elementwise functions ---------------------------------------------------------------
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """Reinterpret the 32 bits of an int32 as a float32 (a free register move)."""
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@_inline
+def _exp(x):
+    """exp(x) for float32 x, clamped to [-87, 88]; Cephes expf's polynomial, ~1 ulp."""
+    x = min(max(x, _EXP_LO), _EXP_HI)
+    n = np.floor(x * _LOG2E + _HALF)
+    r = x - n * _LN2_HI
+    r = r - n * _LN2_LO
+    p = ((((_E1 * r + _E2) * r + _E3) * r + _E4) * r + _E5) * r + _E6
+    p = p * (r * r) + r + _ONE
+    return p * _f32_from_bits(np.int32((np.int32(n) + 127) << 23))  # times 2**n
+
+
+@_inline
+def _log1p_unit(e):
+    """log(1 + e) for e in [0, 1], as 2 atanh(e / (2 + e)): no cancellation for small e."""
+    w = e / (_TWO + e)
+    w2 = w * w
+    s = _L13 + w2 * _L15
+    s = _L11 + w2 * s
+    s = _L9 + w2 * s
+    s = _L7 + w2 * s
+    s = _L5 + w2 * s
+    s = _L3 + w2 * s
+    return _TWO * w * (_ONE + w2 * s)
+
+
+@_inline
+def _softplus(x):
+    """log(1 + exp(x)) without overflow."""
+    return max(x, _ZERO) + _log1p_unit(_exp(-abs(x)))
+
+
+@_inline
+def _tanh(x):
+    ax = abs(x)
+    e = _exp(-_TWO * ax)
+    big = (_ONE - e) / (_ONE + e)
+    x2 = ax * ax
+    small = ax * (_ONE + x2 * (_T3 + x2 * (_T5 + x2 * _T7)))  # Taylor: 1 - e cancels for small x
+    t = small if ax < _TANH_SMALL else big
+    return t if x >= _ZERO else -t
+
+
+@njit(fastmath=True, error_model="numpy", cache=True)  # not inlined: keeps "reassoc" away from _exp
+def _sum(x):
+    """Sum of a float32 vector, reassociated so that it vectorises."""
+    total = _ZERO
+    for j in range(x.shape[0]):
+        total += x[j]
+    return total
+
+
+# -- random numbers ----------------------------------------------------------------------
+
+_GAMMA = _u64(0x9E3779B97F4A7C15)  # SplitMix64's increment
+_STREAM = _u64(0xD1B54A32D192ED03)  # spreads stream numbers before mixing
+_M1, _M2 = _u64(0xBF58476D1CE4E5B9), _u64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S40, _S8 = _u64(30), _u64(27), _u64(31), _u64(40), _u64(8)
+_MASK24 = _u64(0xFFFFFF)
+_TWO_M24 = _f32(2.0**-24)
+
+
+@_inline
+def _mix64(z):
+    """SplitMix64's output function: a bijection of 64-bit integers."""
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@_inline
+def _stream_start(seed, stream):
+    """The counter where stream number ``stream`` of a call seeded with ``seed`` begins."""
+    return _mix64(seed ^ (_u64(stream) * _STREAM))
+
+
+@_inline
+def _n_uniforms(n):
+    """How many places _uniforms fills for n numbers: whole vectors of 16, no scalar tail."""
+    return 16 * ((n + 15) // 16)
+
+
+@_inline
+def _uniforms(out, n, counter):
+    """Fill out[:n] with uniform float32 in [0, 1), 24 random bits each (as torch.rand).
+
+    The SplitMix64 sequence from ``counter``: each 64-bit output gives two numbers. Fills
+    _n_uniforms(n) places (rounding up keeps the loop free of a scalar tail). Returns the
+    counter after the outputs used.
+    """
+    half = _n_uniforms(n) // 2
+    for q in range(half):
+        z = _mix64(counter + _u64(q) * _GAMMA)
+        out[q] = _f32(np.int64(z >> _S40)) * _TWO_M24
+        out[half + q] = _f32(np.int64((z >> _S8) & _MASK24)) * _TWO_M24
+    return counter + _u64(half) * _GAMMA
+
+
+# -- vector-matrix products --------------------------------------------------------------
+#
+# Rows are added several at a time: adding one row at a time into ``out`` would make each
+# row wait for the previous row's store to ``out`` (a latency chain through memory).
+
+
+@_inline
+def _add_rows(out, M, idx, n_idx):
+    """out += sum of the rows M[idx[:n_idx]]: x M for a binary x with those units on."""
+    n = out.shape[0]
+    a = 0
+    while a + 8 <= n_idx:
+        m0, m1, m2, m3 = M[idx[a]], M[idx[a + 1]], M[idx[a + 2]], M[idx[a + 3]]
+        m4, m5, m6, m7 = M[idx[a + 4]], M[idx[a + 5]], M[idx[a + 6]], M[idx[a + 7]]
+        for j in range(n):
+            out[j] += ((m0[j] + m1[j]) + (m2[j] + m3[j])) + ((m4[j] + m5[j]) + (m6[j] + m7[j]))
+        a += 8
+    if a + 4 <= n_idx:
+        m0, m1, m2, m3 = M[idx[a]], M[idx[a + 1]], M[idx[a + 2]], M[idx[a + 3]]
+        for j in range(n):
+            out[j] += (m0[j] + m1[j]) + (m2[j] + m3[j])
+        a += 4
+    while a < n_idx:
+        m0 = M[idx[a]]
+        for j in range(n):
+            out[j] += m0[j]
+        a += 1
+
+
+@_inline
+def _bias_plus_rows(out, bias, M, idx, n_idx):
+    """out = bias + x M for a binary x whose units idx[:n_idx] are on."""
+    for j in range(out.shape[0]):
+        out[j] = bias[j]
+    _add_rows(out, M, idx, n_idx)
+
+
+@_inline
+def _add_vec_mat(out, x, M):
+    """out += x M for a dense vector x; M has shape (len(x), len(out))."""
+    n = out.shape[0]
+    R = x.shape[0]
+    r = 0
+    while r + 8 <= R:
+        c0, c1, c2, c3, c4, c5, c6, c7 = x[r], x[r + 1], x[r + 2], x[r + 3], x[r + 4], x[r + 5], x[r + 6], x[r + 7]
+        m0, m1, m2, m3 = M[r], M[r + 1], M[r + 2], M[r + 3]
+        m4, m5, m6, m7 = M[r + 4], M[r + 5], M[r + 6], M[r + 7]
+        for j in range(n):
+            out[j] += ((c0 * m0[j] + c1 * m1[j]) + (c2 * m2[j] + c3 * m3[j])) + (
+                (c4 * m4[j] + c5 * m5[j]) + (c6 * m6[j] + c7 * m7[j])
+            )
+        r += 8
+    while r < R:
+        c0 = x[r]
+        m0 = M[r]
+        for j in range(n):
+            out[j] += c0 * m0[j]
+        r += 1
+
+
+@_inline
+def _column_sums(out, M):
+    """out = the sum of the rows of M."""
+    for j in range(out.shape[0]):
+        out[j] = _ZERO
+    for g in range(M.shape[0]):
+        for j in range(out.shape[0]):
+            out[j] += M[g, j]
+
+
+# -- sampling ----------------------------------------------------------------------------
+
+
+@_inline
+def _active(frame, idx):
+    """idx[:count] = the keys that are on in a 0/1 frame; returns count."""
+    count = 0
+    for i in range(frame.shape[0]):
+        idx[count] = i
+        count += frame[i] > _HALF
+    return count
+
+
+@_inline
+def _compact(on, idx):
+    """idx[:count] = the positions where ``on`` is true; returns count."""
+    count = 0
+    for j in range(on.shape[0]):
+        idx[count] = j
+        count += on[j]
+    return count
+
+
+@_inline
+def _sample(x, u, on, idx, n):
+    """A Bernoulli(sigmoid(x)) sample drawn with the uniforms u: on[j], and idx[:count]
+    the units on among the first n (the rest of x is padding); returns count.
+
+    u < sigmoid(x) is tested as u (1 + exp(-x)) < 1, which needs no division. That loop
+    vectorises; the compaction after it cannot.
+    """
+    for j in range(x.shape[0]):
+        on[j] = u[j] * (_ONE + _exp(-x[j])) < _ONE
+    return _compact(on[:n], idx)
+
+
+@_inline
+def _sigmoid_softplus_sum(x, p, work):
+    """p = sigmoid(x); returns sum softplus(x). work: scratch at least as long as x."""
+    n = x.shape[0]
+    for j in range(n):
+        p[j] = _ONE / (_ONE + _exp(-x[j]))
+        work[j] = _softplus(x[j])
+    return _sum(work[:n])
+
+
+@_inline
+def _gibbs(k, W, Wt, bv_t, bh_t, v_idx, n_v_on, xh, xv, h_on, v_on, h_idx, rand, counter):
+    """k steps of block Gibbs sampling v -> h -> v in the RBM with biases bv_t, bh_t,
+    from the binary v whose keys v_idx[:n_v_on] are on.
+
+    W (n_visible, n_hidden padded) and bh_t, xh, h_on (n_hidden padded) have their hidden
+    axis padded to whole vectors; Wt = W^T is not padded. Leaves the last v in v_on and
+    v_idx; returns (keys on, counter).
+    """
+    n_v, n_hp = W.shape
+    n_h = Wt.shape[0]
+    for step in range(k):
+        _bias_plus_rows(xh, bh_t, W, v_idx, n_v_on)
+        counter = _uniforms(rand, n_hp + n_v, counter)
+        n_h_on = _sample(xh, rand[:n_hp], h_on, h_idx, n_h)
+        _bias_plus_rows(xv, bv_t, Wt, h_idx, n_h_on)
+        n_v_on = _sample(xv, rand[n_hp : n_hp + n_v], v_on, v_idx, n_v)
+    return n_v_on, counter
+
+
+@_serial
+def _pad_hidden(M):
+    """M (R, n_hidden) with its columns padded by zeros to a whole number of 8-float vectors:
+    loops over a padded row have no scalar tail (~20% faster for 150 hidden units)."""
+    R, C = M.shape
+    out = np.zeros((R, 8 * ((C + 7) // 8)), np.float32)
+    out[:, :C] = M
+    return out
+
+
+# -- the RNN -----------------------------------------------------------------------------
+
+
+@_inline
+def _rnn_step(u_next, u, bu, Wuu, Wvu, v_idx, n_on):
+    """u_next = tanh(bu + u Wuu + v Wvu), v given by the indices of its keys on."""
+    _bias_plus_rows(u_next, bu, Wvu, v_idx, n_on)
+    _add_vec_mat(u_next, u, Wuu)
+    for c in range(u_next.shape[0]):
+        u_next[c] = _tanh(u_next[c])
+
+
+@_inline
+def _rnn_chunk(b, Wvu, Wuu, bu, u0, frames, rows, offsets, u_prev, u_cur):
+    """u_prev[g] = u(t-1) and u_cur[g] = u(t) for the frames g of chunk b.
+
+    Frame g is frames[rows[g]]; chunk b holds frames offsets[b] .. offsets[b+1]-1.
+    """
+    idx = np.empty(frames.shape[1], np.int64)
+    u = u0
+    for g in range(offsets[b], offsets[b + 1]):
+        for c in range(u.shape[0]):
+            u_prev[g, c] = u[c]
+        n_on = _active(frames[rows[g]], idx)
+        _rnn_step(u_cur[g], u, bu, Wuu, Wvu, idx, n_on)
+        u = u_cur[g]
+
+
+@_inline
+def _bptt_chunk(b, WuuT, u_cur, du_bias, offsets, da, du0):
+    """da[g] = dcost/d(bu + u(t-1) Wuu + v(t) Wvu) for the frames of chunk b, and du0[b] =
+    dcost/du(0).
+
+    du_bias[g] is dcost/du(t-1) through bv(t), bh(t). u(t) feeds bv(t+1), bh(t+1) and
+    u(t+1); the last u of a chunk feeds nothing.
+    """
+    n_u = WuuT.shape[0]
+    carry = np.zeros(n_u, np.float32)  # dcost/du(t) through u(t+1)
+    first, last = offsets[b], offsets[b + 1] - 1
+    for c in range(n_u):
+        da[last, c] = _ZERO
+    for g in range(last - 1, first - 1, -1):
+        delta = da[g]
+        for c in range(n_u):
+            delta[c] = (du_bias[g + 1, c] + carry[c]) * (_ONE - u_cur[g, c] * u_cur[g, c])
+            carry[c] = _ZERO
+        _add_vec_mat(carry, delta, WuuT)
+    for c in range(n_u):
+        du0[b, c] = du_bias[first, c] + carry[c]
+
+
+# Chunks are sequential inside; several chunks run in parallel. One chunk runs in the
+# calling thread: waking a second thread costs more than it gives, and on a busy machine
+# much more (~0.1 ms per parallel region).
+
+
+@_serial
+def _rnn_serial(Wvu, Wuu, bu, u0, frames, rows, offsets, u_prev, u_cur):
+    for b in range(offsets.shape[0] - 1):
+        _rnn_chunk(b, Wvu, Wuu, bu, u0, frames, rows, offsets, u_prev, u_cur)
+
+
+@_parallel
+def _rnn_parallel(Wvu, Wuu, bu, u0, frames, rows, offsets, u_prev, u_cur):
+    for b in prange(offsets.shape[0] - 1):
+        _rnn_chunk(b, Wvu, Wuu, bu, u0, frames, rows, offsets, u_prev, u_cur)
+
+
+@_serial
+def _bptt_serial(WuuT, u_cur, du_bias, offsets, da, du0):
+    for b in range(offsets.shape[0] - 1):
+        _bptt_chunk(b, WuuT, u_cur, du_bias, offsets, da, du0)
+
+
+@_parallel
+def _bptt_parallel(WuuT, u_cur, du_bias, offsets, da, du0):
+    for b in prange(offsets.shape[0] - 1):
+        _bptt_chunk(b, WuuT, u_cur, du_bias, offsets, da, du0)
+
+
+# -- training: CD-k over a set of chunks -------------------------------------------------
+#
+# Parallel loops run over ``blocks`` contiguous ranges of frames or tasks (a few per
+# thread), each allocating its scratch once: allocating per frame or per task costs more
+# than some of the work, and numba.get_thread_id() would make the functions uncachable.
+
+
+@_inline
+def _block_range(block, blocks, n):
+    return block * n // blocks, (block + 1) * n // blocks
+
+
+@_parallel
+def _chains(W, Wt, bv, bh, Wuv, Wuh, WuvT, WuhT, frames, rows, u_prev, k, seed, v_neg_given, want_grads, blocks,
+            dbv, dense, ph_data, ph_neg, v_data, v_neg, du_bias, gap, monitor):
+    """Every frame's CD-k chain and what the gradient needs from it; frames are independent.
+
+    Frame g has data v = frames[rows[g]] and biases bv(t) = bv + u(t-1) Wuv,
+    bh(t) = bh + u(t-1) Wuh with u(t-1) = u_prev[g]; its chain starts at v and ends at v~
+    (or v~ = v_neg_given[g]). W, bh and Wuh come with the hidden axis padded
+    (_pad_hidden); Wt = W^T, WuvT = Wuv^T, WuhT = Wuh^T do not. With n frames in all,
+    ph = sigmoid(v W + bh(t)) and ph~ = sigmoid(v~ W + bh(t)), writes:
+    gap[g] = F(v) - F(v~); monitor[g] = log p(v | h) with h ~ p(h | v~), the tutorial's
+    monitor; v_data[g], v_neg[g] = v, v~ as booleans; ph_data[g] = ph / n,
+    ph_neg[g] = ph~ / n; dbv[g] = dcost/dbv(t) = (v~ - v) / n;
+    dense[g, :n_h] = dcost/dbh(t) = (ph~ - ph) / n; and, when want_grads,
+    du_bias[g] = dcost/du(t-1) through bv(t), bh(t) = dbv(t) Wuv^T + dbh(t) Wuh^T.
+    """
+    n = rows.shape[0]
+    n_v, n_hp = W.shape
+    n_h = Wt.shape[0]
+    n_u = Wuv.shape[0]
+    inv_n = _ONE / _f32(n)
+    given = v_neg_given.shape[0] > 0
+    for block in prange(blocks):
+        bv_t = np.empty(n_v, np.float32)
+        bh_t = np.empty(n_hp, np.float32)
+        xh = np.empty(n_hp, np.float32)
+        xv = np.empty(n_v, np.float32)
+        ph = np.empty(n_h, np.float32)
+        work = np.empty(max(n_h, n_v), np.float32)
+        h_on = np.empty(n_hp, np.bool_)
+        v_on = np.empty(n_v, np.bool_)
+        h_idx = np.empty(n_h, np.int64)
+        v_idx = np.empty(n_v, np.int64)
+        rand = np.empty(_n_uniforms(n_hp + n_v), np.float32)
+        lo, hi = _block_range(block, blocks, n)
+        for g in range(lo, hi):
+            frame = frames[rows[g]]
+            for i in range(n_v):
+                bv_t[i] = bv[i]
+            for j in range(n_hp):
+                bh_t[j] = bh[j]
+            _add_vec_mat(bv_t, u_prev[g], Wuv)
+            _add_vec_mat(bh_t, u_prev[g], Wuh)
+            counter = _stream_start(seed, g)
+
+            # F(v) and ph for the data
+            n_v_on = _active(frame, v_idx)
+            _bias_plus_rows(xh, bh_t, W, v_idx, n_v_on)
+            energy = -_sigmoid_softplus_sum(xh[:n_h], ph, work)
+            for a in range(n_v_on):
+                energy -= bv_t[v_idx[a]]
+            for j in range(n_h):
+                ph_data[g, j] = ph[j] * inv_n
+
+            if given:
+                n_v_on = _active(v_neg_given[g], v_idx)
+                for i in range(n_v):
+                    v_on[i] = v_neg_given[g, i] > _HALF
+            else:
+                n_v_on, counter = _gibbs(k, W, Wt, bv_t, bh_t, v_idx, n_v_on, xh, xv, h_on, v_on, h_idx, rand, counter)
+
+            # F(v~) and ph~ for the chain's last v
+            _bias_plus_rows(xh, bh_t, W, v_idx, n_v_on)
+            energy += _sigmoid_softplus_sum(xh[:n_h], ph, work)
+            for a in range(n_v_on):
+                energy += bv_t[v_idx[a]]
+            gap[g] = energy
+            for i in range(n_v):
+                v_data[g, i] = frame[i] > _HALF
+                v_neg[g, i] = v_on[i]
+                dbv[g, i] = (_f32(v_on[i]) - frame[i]) * inv_n
+            for j in range(n_h):
+                ph_neg[g, j] = ph[j] * inv_n
+                dense[g, j] = ph_neg[g, j] - ph_data[g, j]
+
+            # the monitor: h ~ p(h | v~), then log p(v | h) summed over keys
+            counter = _uniforms(rand, n_h, counter)
+            for j in range(n_h):
+                h_on[j] = rand[j] < ph[j]
+            n_h_on = _compact(h_on[:n_h], h_idx)
+            _bias_plus_rows(xv, bv_t, Wt, h_idx, n_h_on)
+            for i in range(n_v):
+                work[i] = frame[i] * xv[i] - _softplus(xv[i])
+            monitor[g] = _sum(work[:n_v])
+
+            if want_grads:  # dbv(t) is zero but where v~ and v differ
+                d = du_bias[g]
+                for r in range(n_u):
+                    d[r] = _ZERO
+                _add_vec_mat(d, dense[g, :n_h], WuhT)
+                for i in range(n_v):
+                    if dbv[g, i] != _ZERO:
+                        c = dbv[g, i]
+                        row = WuvT[i]
+                        for r in range(n_u):
+                            d[r] += c * row[r]
+
+
+@_serial
+def _frames_by_key(on):
+    """For a (n, n_v) boolean matrix, the frames where each key is on, as CSR: key i's
+    frames are index[start[i] : start[i + 1]], in increasing order. One pass over the rows
+    (scanning a column of a large matrix per key would miss the cache at every frame)."""
+    n, n_v = on.shape
+    count = np.zeros(n_v, np.int64)
+    for g in range(n):
+        for i in range(n_v):
+            count[i] += on[g, i]
+    start = np.zeros(n_v + 1, np.int64)
+    for i in range(n_v):
+        start[i + 1] = start[i] + count[i]
+    fill = start[:n_v].copy()
+    index = np.empty(start[n_v], np.int64)
+    for g in range(n):
+        for i in range(n_v):
+            if on[g, i]:
+                index[fill[i]] = g
+                fill[i] += 1
+    return start, index
+
+
+_FRAME_TILE = 64  # frames per pass of the dense gradient sums: keeps the rows read in cache
+
+
+@_parallel
+def _parameter_gradients(u_prev, u_prevT, dbv, dense, ph_data, ph_neg, v_data, v_neg, du0, blocks,
+                         gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0):
+    """Sums over frames into the parameter gradients.
+
+    Per frame g (see _chains and _bptt_chunk): u_prev[g] = u(t-1) (u_prevT its
+    transpose), dbv[g] = dcost/dbv(t) (nonzero where v~ and v differ), dense[g] =
+    [dcost/dbh(t), da(t)], v_data[g] and v_neg[g] the keys on in v and v~. Block b of the
+    parallel loop takes every blocks-th row of the RNN matrices and every blocks-th key.
+    """
+    n = u_prev.shape[0]
+    n_v, n_h = gW.shape
+    n_u = gWuu.shape[0]
+    inv_n = _ONE / _f32(n)
+    da = dense[:, n_h:]
+    data_start, data_frames = _frames_by_key(v_data)
+    neg_start, neg_frames = _frames_by_key(v_neg)
+    for block in prange(blocks):
+        # bh(t) = bh + u(t-1) Wuh and u(t) = tanh(bu + u(t-1) Wuu + ...): dense sums
+        n_rows = (n_u - block + blocks - 1) // blocks
+        acc = np.zeros((max(n_rows, 0), n_h + n_u), np.float32)
+        for f0 in range(0, n, _FRAME_TILE):
+            f1 = min(n, f0 + _FRAME_TILE)
+            for a in range(n_rows):
+                r = block + a * blocks
+                _add_vec_mat(acc[a], u_prevT[r, f0:f1], dense[f0:f1])
+        for a in range(n_rows):
+            r = block + a * blocks
+            for j in range(n_h):
+                gWuh[r, j] = acc[a, j]
+            for j in range(n_u):
+                gWuu[r, j] = acc[a, n_h + j]
+
+        # W through both free energies, Wvu through u(t), Wuv through bv(t): sparse sums
+        pos = np.empty(max(n_h, n_u), np.float32)
+        neg = np.empty(n_u, np.float32)
+        for i in range(block, n_v, blocks):
+            on = data_frames[data_start[i] : data_start[i + 1]]
+            on_neg = neg_frames[neg_start[i] : neg_start[i + 1]]
+            for j in range(n_h):
+                gW[i, j] = _ZERO
+                pos[j] = _ZERO
+            _add_rows(gW[i], ph_neg, on_neg, on_neg.shape[0])  # dW = (v~^T ph~ - v^T ph) / n
+            _add_rows(pos[:n_h], ph_data, on, on.shape[0])
+            for j in range(n_h):
+                gW[i, j] -= pos[j]
+            for q in range(n_u):
+                gWvu[i, q] = _ZERO
+            _add_rows(gWvu[i], da, on, on.shape[0])
+            # dWuv[:, i] = sum_t u(t-1) dbv(t)_i, and dbv(t)_i = (v~_i - v_i) / n
+            for r in range(n_u):
+                pos[r] = _ZERO
+                neg[r] = _ZERO
+            _add_rows(neg, u_prev, on_neg, on_neg.shape[0])
+            _add_rows(pos[:n_u], u_prev, on, on.shape[0])
+            for r in range(n_u):
+                gWuv[r, i] = (neg[r] - pos[r]) * inv_n
+
+        if block == blocks - 1:  # the biases: sums over frames, and over chunks for u(0)
+            _column_sums(gbv, dbv)
+            _column_sums(gbh, dense[:, :n_h])
+            _column_sums(gbu, da)
+            _column_sums(gu0, du0)
+
+
+@_inline
+def _sgd_step(p, dp, lr):
+    for j in range(p.shape[0]):
+        p[j] -= lr * dp[j]
+
+
+@_serial
+def _cd(
+    W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u0,
+    frames, starts, lengths, k, seed, want_grads, v_neg_given, threads, lr, learn_u0,
+    gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0,
+):
+    """CD-k over the chunks frames[starts[b] : starts[b] + lengths[b]], b = 0..B-1.
+
+    Parameters are float32 C-contiguous arrays shaped as the model's; ``frames`` is
+    (N, n_visible) float32 0/1. When ``want_grads``, writes into g* the gradient of the
+    CD cost (mean over all n real frames of F(v) - F(v~), v~ held constant). With
+    ph = sigmoid(v W + bh(t)) and ph~ = sigmoid(v~ W + bh(t)) that gradient is
+
+        dW = (sum_t v~(t)^T ph~(t) - v(t)^T ph(t)) / n
+        dbv(t) = (v~(t) - v(t)) / n,   dbh(t) = (ph~(t) - ph(t)) / n
+
+    and bv(t) = bv + u(t-1) Wuv, bh(t) = bh + u(t-1) Wuh carry dbv(t), dbh(t) into bv,
+    bh, Wuv, Wuh and u(t-1), from where back-propagation through
+    u(t) = tanh(bu + u(t-1) Wuu + v(t) Wvu) reaches Wuu, Wvu, bu and u(0).
+    With lr > 0, then takes a plain SGD step p -= lr * dp (u(0) only when learn_u0).
+    k : Gibbs steps; seed : uint64, the key of the random streams; v_neg_given : (n,
+    n_visible) negative samples to use instead of the chains', or an empty array;
+    threads : numba's thread count (parallel loops are cut into 4 blocks per thread).
+    Returns (sum over frames of F(v) - F(v~), sum over frames of the monitor, n).
+    """
+    n_v, n_h = W.shape
+    n_u = Wuu.shape[0]
+    B = starts.shape[0]
+    offsets = np.zeros(B + 1, np.int64)
+    for b in range(B):
+        offsets[b + 1] = offsets[b] + lengths[b]
+    n = offsets[B]
+    rows = np.empty(n, np.int64)
+    for b in range(B):
+        for t in range(lengths[b]):
+            rows[offsets[b] + t] = starts[b] + t
+
+    u_prev = np.empty((n, n_u), np.float32)
+    u_cur = np.empty((n, n_u), np.float32)
+    if B > 1:
+        _rnn_parallel(Wvu, Wuu, bu, u0, frames, rows, offsets, u_prev, u_cur)
+    else:
+        _rnn_serial(Wvu, Wuu, bu, u0, frames, rows, offsets, u_prev, u_cur)
+
+    dbv = np.empty((n, n_v), np.float32)
+    dense = np.empty((n, n_h + n_u), np.float32)  # [dbh(t), da(t)] per frame
+    ph_data = np.empty((n, n_h), np.float32)
+    ph_neg = np.empty((n, n_h), np.float32)
+    v_data = np.empty((n, n_v), np.bool_)
+    v_neg = np.empty((n, n_v), np.bool_)
+    du_bias = np.empty((n, n_u), np.float32)
+    gap = np.empty(n, np.float64)
+    monitor = np.empty(n, np.float64)
+    _chains(
+        _pad_hidden(W), np.ascontiguousarray(W.T), bv, _pad_hidden(bh.reshape(1, -1))[0], Wuv, _pad_hidden(Wuh),
+        np.ascontiguousarray(Wuv.T), np.ascontiguousarray(Wuh.T), frames, rows, u_prev, k, seed, v_neg_given,
+        want_grads, min(n, 4 * threads), dbv, dense, ph_data, ph_neg, v_data, v_neg, du_bias, gap, monitor,
+    )
+    if want_grads:
+        du0 = np.empty((B, n_u), np.float32)
+        da = dense[:, n_h:]
+        WuuT = np.ascontiguousarray(Wuu.T)
+        if B > 1:
+            _bptt_parallel(WuuT, u_cur, du_bias, offsets, da, du0)
+        else:
+            _bptt_serial(WuuT, u_cur, du_bias, offsets, da, du0)
+        _parameter_gradients(
+            u_prev, np.ascontiguousarray(u_prev.T), dbv, dense, ph_data, ph_neg, v_data, v_neg, du0, 4 * threads,
+            gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0,
+        )
+        if lr > 0:
+            for p, dp in ((W, gW), (Wuh, gWuh), (Wuv, gWuv), (Wvu, gWvu), (Wuu, gWuu)):
+                _sgd_step(p.reshape(-1), dp.reshape(-1), lr)
+            for p, dp in ((bv, gbv), (bh, gbh), (bu, gbu)):
+                _sgd_step(p, dp, lr)
+            if learn_u0:
+                _sgd_step(u0, gu0, lr)
+    return gap.sum(), monitor.sum(), n
+
+
+# -- Gibbs chains alone -------------------------------------------------------------------
+
+
+@_parallel
+def _gibbs_rows(W, Wt, bv, bh, v, k, seed, blocks, out):
+    """out[r] = the last v of a k-step Gibbs chain from v[r] in the RBM with biases bv[r],
+    bh[r]; rows are independent. W and bh have their hidden axis padded (_pad_hidden)."""
+    n, n_v = v.shape
+    n_hp = W.shape[1]
+    n_h = Wt.shape[0]
+    for block in prange(blocks):
+        xh = np.empty(n_hp, np.float32)
+        xv = np.empty(n_v, np.float32)
+        h_on = np.empty(n_hp, np.bool_)
+        v_on = np.empty(n_v, np.bool_)
+        h_idx = np.empty(n_h, np.int64)
+        v_idx = np.empty(n_v, np.int64)
+        rand = np.empty(_n_uniforms(n_hp + n_v), np.float32)
+        lo, hi = _block_range(block, blocks, n)
+        for r in range(lo, hi):
+            n_v_on = _active(v[r], v_idx)
+            for i in range(n_v):
+                v_on[i] = v[r, i] > _HALF
+            n_v_on, _ = _gibbs(k, W, Wt, bv[r], bh[r], v_idx, n_v_on, xh, xv, h_on, v_on, h_idx, rand, _stream_start(seed, r))
+            for i in range(n_v):
+                out[r, i] = v_on[i]
+
+
+# -- generation --------------------------------------------------------------------------
+
+
+@_parallel
+def _generate(W, Wt, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u_start, k, seed, out):
+    """Sample out[s] (steps, n_v) for every sequence s, one frame at a time, from the
+    RNN state u_start[s]: each frame from a fresh k-step Gibbs chain started at zeros in
+    the RBM given the history, then fed back into the RNN. Sequences run in parallel.
+    W, bh and Wuh have their hidden axis padded (_pad_hidden); Wt = W^T is not.
+    """
+    n, steps, n_v = out.shape
+    n_hp = W.shape[1]
+    n_h = Wt.shape[0]
+    n_u = Wuu.shape[0]
+    for s in prange(n):
+        u = u_start[s].copy()
+        u_next = np.empty(n_u, np.float32)
+        bv_t = np.empty(n_v, np.float32)
+        bh_t = np.empty(n_hp, np.float32)
+        xh = np.empty(n_hp, np.float32)
+        xv = np.empty(n_v, np.float32)
+        h_on = np.empty(n_hp, np.bool_)
+        v_on = np.empty(n_v, np.bool_)
+        h_idx = np.empty(n_h, np.int64)
+        v_idx = np.empty(n_v, np.int64)
+        rand = np.empty(_n_uniforms(n_hp + n_v), np.float32)
+        counter = _stream_start(seed, s)
+        for t in range(steps):
+            bv_t[:] = bv
+            bh_t[:] = bh
+            _add_vec_mat(bv_t, u, Wuv)
+            _add_vec_mat(bh_t, u, Wuh)
+            v_on[:] = False
+            n_v_on, counter = _gibbs(k, W, Wt, bv_t, bh_t, v_idx, 0, xh, xv, h_on, v_on, h_idx, rand, counter)
+            for i in range(n_v):
+                out[s, t, i] = v_on[i]
+            _rnn_step(u_next, u, bu, Wuu, Wvu, v_idx, n_v_on)
+            u, u_next = u_next, u
+
+
+# -- the torch-facing functions ----------------------------------------------------------
+
+_PARAMETERS = ("W", "bv", "bh", "Wuh", "Wuv", "Wvu", "Wuu", "bu", "u0")
+
+# numpy views of a model's parameters and of their .grad tensors, made once per model and
+# reused while the tensors stay the same objects with the same storage (making them costs
+# ~30 us, 2% of a tutorial-sized update).
+_views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _seed(generator: torch.Generator | None) -> np.uint64:
+    # One draw per call: the kernels' streams follow the torch generator's state.
+    return np.uint64(int(torch.randint(0, 2**63 - 1, (), generator=generator)))
+
+
+def _arrays(model, grads: bool = False) -> list[np.ndarray]:
+    """The parameters as numpy views, in _PARAMETERS order; with grads=True, then the views
+    of their .grad tensors (created when missing; u0's when it is a fixed buffer is scratch)."""
+    tensors = [getattr(model, name) for name in _PARAMETERS]
+    cached = _views.get(model)
+    if cached is not None:
+        old_tensors, ptrs, old_grads, arrays = cached
+        if all(t is o and t.data_ptr() == q for t, o, q in zip(tensors, old_tensors, ptrs)) and (
+            not grads or all(t.grad is g for t, g in zip(tensors, old_grads) if t.requires_grad)
+        ):
+            return arrays if grads else arrays[:9]
+    if not grads:
+        return [t.detach().numpy() for t in tensors]
+    grad_tensors = []
+    for t in tensors:
+        if t.requires_grad:
+            if t.grad is None or t.grad.shape != t.shape:
+                t.grad = torch.empty_like(t)
+            grad_tensors.append(t.grad)
+        else:  # u0 when not learned: the kernels still write its gradient somewhere
+            grad_tensors.append(torch.empty_like(t))
+    arrays = [t.detach().numpy() for t in tensors] + [g.numpy() for g in grad_tensors]
+    _views[model] = (tensors, [t.data_ptr() for t in tensors], grad_tensors, arrays)
+    return arrays
+
+
+def cd_gradients(model, frames, starts, lengths, k, generator=None, v_neg=None, want_grads=True, lr=0.0):
+    """The CD-k cost of chunks of ``frames`` and the tutorial's monitor; the cost's
+    gradient goes into the parameters' ``.grad`` (overwritten, not accumulated), and with
+    ``lr`` > 0 a plain SGD step p -= lr * p.grad is applied too.
+
+    The same quantities as ``model.cd_cost`` on the padded batch of those chunks followed
+    by ``cost.backward()``. model : an RNNRBM with float32 parameters on the CPU.
+    frames : np.ndarray, shape=(N, n_visible), float32, values 0/1. starts, lengths :
+    np.ndarray, shape=(B,), int64: chunk b is frames[starts[b] : starts[b] + lengths[b]].
+    k : Gibbs steps. generator : the torch.Generator that one 64-bit seed is drawn from.
+    v_neg : negative samples, shape=(n, n_visible), the chunks' frames in order, to use
+    instead of the chain's (tests). want_grads : False skips the gradient (and the step).
+    Returns (cost, monitor, n_frames): cost and monitor are means over the n real frames.
+    """
+    seed = _seed(generator)
+    arrays = _arrays(model, grads=want_grads)
+    if not want_grads:
+        arrays = arrays + [np.empty_like(a) for a in arrays]
+    given = _NO_SAMPLES if v_neg is None else np.ascontiguousarray(v_neg, np.float32)
+    gap, monitor, n = _cd(
+        *arrays[:9], frames, starts, lengths, k, seed, want_grads, given, numba.get_num_threads(),
+        np.float32(lr), model.u0.requires_grad, *arrays[9:],
+    )
+    return gap / n, monitor / n, int(n)
+
+
+_NO_SAMPLES = np.zeros((0, 1), np.float32)
+
+
+def compiled_before() -> bool | None:
+    """Whether numba's cache already holds the training kernel (False: the next call
+    compiles, about a minute); None when that cannot be told (numba internals changed)."""
+    try:
+        return os.path.exists(_cd._cache._cache_file._index_path)
+    except AttributeError:
+        return None
+
+
+def generate(model, n, steps, k=25, primer=None, generator=None) -> torch.Tensor:
+    """:meth:`RNNRBM.generate` on the CPU: n sequences of ``steps`` new frames, each from
+    a fresh k-step Gibbs chain started at zeros, after the 0/1 ``primer`` (T0, n_visible)
+    when given. Returns (n, T0 + steps, n_visible) float32 0/1, beginning with the primer.
+    """
+    seed = _seed(generator)
+    W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u0 = _arrays(model)
+    n_v, n_u = W.shape[0], Wuu.shape[0]
+    u = u0
+    p = None
+    if primer is not None and primer.shape[0] > 0:
+        p = np.ascontiguousarray(primer.detach().cpu().numpy(), np.float32)
+        if not np.isin(p, (0.0, 1.0)).all():
+            raise ValueError("the primer must be a 0/1 piano-roll")
+        T0 = p.shape[0]
+        u_prev = np.empty((T0, n_u), np.float32)
+        u_cur = np.empty((T0, n_u), np.float32)
+        _rnn_serial(Wvu, Wuu, bu, u0, p, np.arange(T0), np.array([0, T0]), u_prev, u_cur)
+        u = u_cur[-1]
+    out = np.empty((n, steps, n_v), np.float32)
+    u_start = np.ascontiguousarray(np.broadcast_to(u, (n, n_u)))
+    _generate(_pad_hidden(W), np.ascontiguousarray(W.T), bv, _pad_hidden(bh.reshape(1, -1))[0], _pad_hidden(Wuh), Wuv, Wvu, Wuu, bu, u_start, k, seed, out)
+    result = torch.from_numpy(out)
+    if p is not None:
+        result = torch.cat([torch.from_numpy(p).expand(n, -1, -1), result], dim=1)
+    return result
+
+
+def gibbs_chain(v, W, bv, bh, k, generator=None) -> torch.Tensor:
+    """:func:`rnnrbm_cli.model.gibbs_chain` on the CPU: k steps of block Gibbs sampling
+    v -> h -> v from each row of ``v`` (N, n_visible) 0/1, every row with its own biases
+    bv (N, n_visible) and bh (N, n_hidden) (or one shared row each). Returns the last v,
+    (N, n_visible) float32.
+    """
+    v_np = np.ascontiguousarray(v.detach().cpu().numpy(), np.float32)
+    n, n_v = v_np.shape
+    W_np = np.ascontiguousarray(W.detach().cpu().numpy(), np.float32)
+    bv_np = np.ascontiguousarray(np.broadcast_to(bv.detach().cpu().numpy(), (n, n_v)), np.float32)
+    bh_np = np.ascontiguousarray(np.broadcast_to(bh.detach().cpu().numpy(), (n, W_np.shape[1])), np.float32)
+    out = np.empty((n, n_v), np.float32)
+    blocks = max(1, min(n, 4 * numba.get_num_threads()))
+    _gibbs_rows(_pad_hidden(W_np), np.ascontiguousarray(W_np.T), bv_np, _pad_hidden(bh_np), v_np, k, _seed(generator), blocks, out)
+    return torch.from_numpy(out)

@@ -1,0 +1,390 @@
+"""The compiled CPU kernels against the torch reference: same gradients, same sampler,
+same generation semantics, and training through them still resumes exactly.
+
+The first run on a machine compiles the kernels (about a minute on two cores); numba
+caches the machine code, so later runs load it in about a second.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numba
+import numpy as np
+import pytest
+import torch
+
+from rnnrbm_cli import cpu_kernels
+from rnnrbm_cli.model import RNNRBM, ModelConfig, free_energy, log_partition_exact
+from rnnrbm_cli.train import Trainer, resolve_configs
+
+from test_train import params, small, toy_npz  # noqa: F401  (toy_npz is a fixture)
+
+
+def make_model(seed=0, scale=0.3, **kw) -> RNNRBM:
+    torch.manual_seed(seed)
+    m = RNNRBM(ModelConfig(**kw))
+    with torch.no_grad():  # non-trivial weights so that the RNN actually matters
+        for p in m.parameters():
+            p.copy_(torch.randn_like(p) * scale)
+    return m
+
+
+def binary(shape, p, seed) -> torch.Tensor:
+    return (torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < p).float()
+
+
+def padded(seqs: list[torch.Tensor], fill: float = 1.0) -> torch.Tensor:
+    """Sequences (T_b, n_v) as one (B, T, n_v) batch; garbage in the padding must not leak."""
+    out = torch.full((len(seqs), max(len(s) for s in seqs), seqs[0].shape[1]), fill)
+    for b, s in enumerate(seqs):
+        out[b, : len(s)] = s
+    return out
+
+
+def spans(lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return starts, np.array(lengths, np.int64)
+
+
+def autograd_reference(m: RNNRBM, seqs, negs):
+    """cost and gradients of model.cd_cost (torch, autograd) with fixed negative samples."""
+    m.zero_grad(set_to_none=True)
+    lengths = torch.tensor([len(s) for s in seqs])
+    res = m.cd_cost(padded(seqs), lengths if len(seqs) > 1 else None, v_neg=padded(negs))
+    res.cost.backward()
+    return res.cost.item(), {name: p.grad.clone() for name, p in m.named_parameters()}
+
+
+def assert_grads_close(m: RNNRBM, expected: dict[str, torch.Tensor]) -> None:
+    for name, p in m.named_parameters():
+        scale = expected[name].abs().max().item()
+        assert scale > 0, f"{name} gets no gradient in this test"
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+# -- elementwise functions -----------------------------------------------------------------
+
+
+@numba.njit(error_model="numpy")
+def _elementwise(x, which):
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        if which == 0:
+            out[i] = cpu_kernels._exp(x[i])
+        elif which == 1:
+            out[i] = cpu_kernels._tanh(x[i])
+        else:
+            out[i] = cpu_kernels._softplus(x[i])
+    return out
+
+
+def test_vectorisable_exp_tanh_softplus_are_float32_accurate():
+    ulp = np.finfo(np.float32).eps
+    x = np.linspace(-87, 88, 1_000_001, dtype=np.float32)
+    ref = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(_elementwise(x, 0) - ref) / ref) < 2 * ulp
+    tiny = np.geomspace(1e-8, 1, 10_001)
+    x = np.concatenate([np.linspace(-12, 12, 1_000_000), tiny, -tiny]).astype(np.float32)  # no 0: relative errors
+    ref = np.tanh(x.astype(np.float64))
+    assert np.max(np.abs(_elementwise(x, 1) - ref) / np.abs(ref)) < 3 * ulp
+    x = np.linspace(-86, 100, 1_000_001, dtype=np.float32)
+    ref = np.logaddexp(0, x.astype(np.float64))
+    assert np.max(np.abs(_elementwise(x, 2) - ref) / ref) < 3 * ulp
+    x = np.array([-1000, -200, -87.5], np.float32)  # exp(x) clamped at exp(-87): absolute error only
+    assert np.max(np.abs(_elementwise(x, 2))) < 2e-38
+
+
+# -- gradients -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("learn_u0", [False, True])
+@pytest.mark.parametrize("lengths", [[9], [7, 3, 5, 1]])
+def test_compiled_gradient_equals_autograd_with_the_same_negative_samples(learn_u0, lengths):
+    m = make_model(n_visible=7, n_hidden=5, n_recurrent=4, learn_u0=learn_u0)
+    seqs = [binary((L, 7), 0.4, seed=i) for i, L in enumerate(lengths)]
+    negs = [binary((L, 7), 0.4, seed=100 + i) for i, L in enumerate(lengths)]
+    cost_ref, grads_ref = autograd_reference(m, seqs, negs)
+
+    m.zero_grad(set_to_none=True)
+    starts, lens = spans(lengths)
+    cost, _, n = cpu_kernels.cd_gradients(
+        m, torch.cat(seqs).numpy(), starts, lens, k=3, generator=torch.Generator().manual_seed(0),
+        v_neg=torch.cat(negs).numpy(),
+    )
+    assert n == sum(lengths)
+    assert cost == pytest.approx(cost_ref, rel=1e-5, abs=1e-6)
+    assert_grads_close(m, grads_ref)
+    if not learn_u0:
+        assert m.u0.grad is None and not m.u0.any(), "a fixed u(0) stays a zero buffer"
+
+
+def test_compiled_gradient_equals_autograd_at_the_tutorial_size():
+    # 88 keys with ~4 notes on, 150 hidden, 100 recurrent: the sizes the kernels are tuned for
+    # (hidden rows padded to whole vectors, several rows summed at a time).
+    m = make_model(scale=0.05)
+    lengths = [100, 37]
+    seqs = [binary((L, 88), 4 / 88, seed=i) for i, L in enumerate(lengths)]
+    negs = [binary((L, 88), 8 / 88, seed=50 + i) for i, L in enumerate(lengths)]
+    cost_ref, grads_ref = autograd_reference(m, seqs, negs)
+    m.zero_grad(set_to_none=True)
+    starts, lens = spans(lengths)
+    cost, _, _ = cpu_kernels.cd_gradients(m, torch.cat(seqs).numpy(), starts, lens, 15, v_neg=torch.cat(negs).numpy())
+    assert cost == pytest.approx(cost_ref, rel=1e-4, abs=1e-5)
+    assert_grads_close(m, grads_ref)
+
+
+def test_chunks_are_read_where_they_lie_in_the_frame_table():
+    # The same two chunks, at other places in a larger table, give the same gradient.
+    m = make_model(n_visible=7, n_hidden=5, n_recurrent=4)
+    a, b = binary((6, 7), 0.4, seed=1), binary((4, 7), 0.4, seed=2)
+    na, nb = binary((6, 7), 0.4, seed=3), binary((4, 7), 0.4, seed=4)
+    v_neg = torch.cat([na, nb]).numpy()
+    g = torch.Generator()
+    cpu_kernels.cd_gradients(m, torch.cat([a, b]).numpy(), *spans([6, 4]), 1, g, v_neg=v_neg)
+    first = {k: p.grad.clone() for k, p in m.named_parameters()}
+    table = torch.cat([binary((3, 7), 0.5, seed=9), b, binary((2, 7), 0.5, seed=8), a]).numpy()
+    cpu_kernels.cd_gradients(m, table, np.array([9, 3]), np.array([6, 4]), 1, g, v_neg=v_neg)
+    for k, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, first[k], rtol=1e-6, atol=1e-7)
+
+
+def test_one_compiled_sgd_step_is_params_minus_lr_times_grad():
+    m = make_model(n_visible=7, n_hidden=5, n_recurrent=4, learn_u0=True)
+    seqs = [binary((8, 7), 0.4, seed=1), binary((5, 7), 0.4, seed=2)]
+    negs = [binary((8, 7), 0.4, seed=3), binary((5, 7), 0.4, seed=4)]
+    _, grads = autograd_reference(m, seqs, negs)
+    before = {k: p.detach().clone() for k, p in m.named_parameters()}
+    cpu_kernels.cd_gradients(m, torch.cat(seqs).numpy(), *spans([8, 5]), 1, v_neg=torch.cat(negs).numpy(), lr=0.1)
+    for k, p in m.named_parameters():
+        torch.testing.assert_close(p.detach(), before[k] - 0.1 * grads[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_a_fixed_u0_is_not_stepped():
+    m = make_model(n_visible=7, n_hidden=5, n_recurrent=4, learn_u0=False)
+    v = binary((6, 7), 0.4, seed=1).numpy()
+    cpu_kernels.cd_gradients(m, v, *spans([6]), 2, torch.Generator().manual_seed(0), lr=0.5)
+    assert not m.u0.any()
+
+
+def test_monitor_equals_the_torch_formula_when_the_hidden_sample_is_certain():
+    # bh(t) = +-30 makes h the same for every v~ (to float precision), so the tutorial's
+    # monitor log p(v | h) is deterministic and must equal the torch path's.
+    m = make_model(n_visible=7, n_hidden=5, n_recurrent=4, learn_u0=True)
+    with torch.no_grad():
+        m.bh.copy_(torch.tensor([30.0, -30.0, 30.0, 30.0, -30.0]))
+        m.W.mul_(3.0)  # large enough that h W^T matters, small next to 30
+        m.Wuh.zero_()
+    seqs = [binary((8, 7), 0.4, seed=1), binary((5, 7), 0.4, seed=2)]
+    negs = [binary((8, 7), 0.4, seed=3), binary((5, 7), 0.4, seed=4)]
+    res = m.cd_cost(padded(seqs), torch.tensor([8, 5]), v_neg=padded(negs), generator=torch.Generator().manual_seed(0))
+    _, monitor, _ = cpu_kernels.cd_gradients(
+        m, torch.cat(seqs).numpy(), *spans([8, 5]), 1, torch.Generator().manual_seed(1), v_neg=torch.cat(negs).numpy()
+    )
+    assert monitor == pytest.approx(res.monitor.item(), rel=1e-5)
+
+
+def test_monitor_is_finite_when_the_reconstruction_is_certain():
+    m = make_model(n_visible=6, n_hidden=4, n_recurrent=3, scale=0.0)
+    with torch.no_grad():
+        m.bv.fill_(-200.0)  # p(v_i = 1) = sigmoid(-200): log 0 in the tutorial's formula
+    _, monitor, _ = cpu_kernels.cd_gradients(m, np.ones((4, 6), np.float32), *spans([4]), 1, torch.Generator())
+    assert np.isfinite(monitor) and monitor == pytest.approx(-200.0 * 6, rel=1e-5)
+
+
+def test_results_follow_the_torch_generator_and_not_the_thread_count():
+    m = make_model(scale=0.05)
+    v = binary((200, 88), 4 / 88, seed=0).numpy()
+    starts, lens = spans([100, 60, 40])
+
+    def run(seed, threads):
+        old = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            cost, monitor, _ = cpu_kernels.cd_gradients(m, v, starts, lens, 5, torch.Generator().manual_seed(seed))
+        finally:
+            numba.set_num_threads(old)
+        return cost, monitor, {k: p.grad.clone() for k, p in m.named_parameters()}
+
+    a, b, c = run(7, numba.config.NUMBA_NUM_THREADS), run(7, 1), run(8, 1)
+    assert a[:2] == b[:2] and all(torch.equal(a[2][k], b[2][k]) for k in a[2])
+    assert a[1] != c[1] and not torch.equal(a[2]["W"], c[2]["W"])
+
+
+# -- the sampler ---------------------------------------------------------------------------
+
+
+def all_binary(n: int) -> torch.Tensor:
+    return torch.tensor(list(itertools.product([0.0, 1.0], repeat=n)))
+
+
+def exact_distribution(W, bv, bh) -> torch.Tensor:
+    vs = all_binary(W.shape[0]).double()
+    logp = -free_energy(vs, W.double(), bv.double(), bh.double()) - log_partition_exact(W.double(), bv.double(), bh.double())
+    return logp.exp()
+
+
+def frequencies(samples: torch.Tensor) -> torch.Tensor:
+    n_v = samples.shape[1]
+    codes = (samples.double() * 2.0 ** torch.arange(n_v - 1, -1, -1)).sum(1).long()
+    return torch.bincount(codes, minlength=2**n_v).double() / samples.shape[0]
+
+
+def test_compiled_gibbs_chain_samples_the_rbm_distribution():
+    g = torch.Generator().manual_seed(4)
+    W, bv, bh = torch.randn(3, 2, generator=g), torch.randn(3, generator=g), torch.randn(2, generator=g)
+    samples = cpu_kernels.gibbs_chain(torch.zeros(40000, 3), W, bv, bh, k=30, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(frequencies(samples), exact_distribution(W, bv, bh), atol=0.012, rtol=0)
+
+
+def test_compiled_gibbs_chain_gives_every_row_its_own_biases():
+    # Two groups of rows with different biases, interleaved: each group samples its own RBM.
+    g = torch.Generator().manual_seed(6)
+    W = torch.randn(3, 10, generator=g)  # 10 hidden units: padded to 16 inside
+    bvs, bhs = torch.randn(2, 3, generator=g) * 2, torch.randn(2, 10, generator=g)
+    group = torch.arange(40000) % 2
+    samples = cpu_kernels.gibbs_chain(torch.ones(40000, 3), W, bvs[group], bhs[group], k=30, generator=torch.Generator().manual_seed(7))
+    for c in range(2):
+        torch.testing.assert_close(frequencies(samples[group == c]), exact_distribution(W, bvs[c], bhs[c]), atol=0.015, rtol=0)
+
+
+def test_compiled_gibbs_chain_with_zero_steps_returns_its_start():
+    v = binary((5, 88), 0.1, seed=3)
+    W = torch.randn(88, 150)
+    assert torch.equal(cpu_kernels.gibbs_chain(v, W, torch.zeros(88), torch.zeros(150), k=0), v)
+
+
+# -- generation ----------------------------------------------------------------------------
+
+
+def deterministic_model() -> RNNRBM:
+    # With W = 0 and |bv(t)| >= 20 every Gibbs step gives the same v, (bv(t) > 0), so
+    # generation is deterministic and comparable across backends. Even keys push u down,
+    # odd keys push it up: the frames alternate, so each one depends on the history.
+    m = make_model(n_visible=6, n_hidden=4, n_recurrent=3, scale=0.0)
+    with torch.no_grad():
+        m.Wuv.copy_(torch.tensor([[40.0, -40, 40, -40, 40, -40]] * 3))
+        m.Wvu.copy_(torch.tensor([[-1.5] * 3, [1.0] * 3] * 3))
+        m.bu.fill_(0.5)
+        m.bv.fill_(-20.0)
+    return m
+
+
+def test_compiled_generate_conditions_on_history_like_the_step_by_step_definition():
+    m = deterministic_model()
+    out = cpu_kernels.generate(m, 2, 6, k=2, generator=torch.Generator().manual_seed(0))
+    bv_t, _ = m.conditional_biases(out)
+    assert (bv_t.abs() > 10).all(), "the test needs a deterministic sampler"
+    torch.testing.assert_close(out, (bv_t > 0).float())
+    assert not torch.equal(out[0, 1], out[0, 2]), "the frames must depend on the history"
+
+
+def test_compiled_generate_matches_the_torch_path_with_a_primer(monkeypatch):
+    m = deterministic_model()
+    primer = binary((5, 6), 0.5, seed=0)
+    fast = cpu_kernels.generate(m, 3, 8, k=2, primer=primer, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setenv("RNNRBM_NO_NUMBA", "1")
+    reference = m.generate(3, 8, k=2, primer=primer, generator=torch.Generator().manual_seed(0))
+    assert fast.shape == reference.shape == (3, 13, 6)
+    assert torch.equal(fast[:, :5], primer.expand(3, -1, -1))
+    torch.testing.assert_close(fast, reference)
+
+
+def test_model_generate_uses_the_kernels_on_the_cpu_and_is_reproducible(monkeypatch):
+    m = make_model(n_visible=6, n_hidden=4, n_recurrent=3)
+    calls = []
+    real = cpu_kernels.generate
+    monkeypatch.setattr(cpu_kernels, "generate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    a = m.generate(4, 10, k=3, generator=torch.Generator().manual_seed(7))
+    b = m.generate(4, 10, k=3, generator=torch.Generator().manual_seed(7))
+    c = m.generate(4, 10, k=3, generator=torch.Generator().manual_seed(8))
+    assert len(calls) == 3
+    assert a.shape == (4, 10, 6) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert set(a.unique().tolist()) <= {0.0, 1.0}
+    monkeypatch.setenv("RNNRBM_NO_NUMBA", "1")
+    m.generate(4, 10, k=3, generator=torch.Generator().manual_seed(7))
+    assert len(calls) == 3, "RNNRBM_NO_NUMBA=1 selects the torch path"
+
+
+def test_compiled_generate_samples_the_rbm_when_the_rnn_is_silent():
+    # With Wuv = Wuh = 0 every frame comes from the same RBM: n x steps independent draws.
+    g = torch.Generator().manual_seed(4)
+    m = make_model(n_visible=3, n_hidden=2, n_recurrent=2, scale=0.0)
+    with torch.no_grad():
+        m.W.copy_(torch.randn(3, 2, generator=g))
+        m.bv.copy_(torch.randn(3, generator=g))
+        m.bh.copy_(torch.randn(2, generator=g))
+    out = cpu_kernels.generate(m, 2000, 20, k=30, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(frequencies(out.reshape(-1, 3)), exact_distribution(m.W, m.bv, m.bh), atol=0.012, rtol=0)
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+def trainer(toy_npz, run_dir, **kw) -> Trainer:
+    from rnnrbm_cli.datasets import load_prepared
+
+    model_config, config = small(toy_npz, run_dir, **kw)
+    t = Trainer(model_config, config, torch.device("cpu"), load_prepared(toy_npz), toy_npz)
+    t.start_run_dir("test")
+    return t
+
+
+def test_backend_choice(toy_npz, tmp_path, monkeypatch):
+    assert trainer(toy_npz, tmp_path / "a").kernels is cpu_kernels
+    assert trainer(toy_npz, tmp_path / "b", backend="torch").kernels is None
+    assert trainer(toy_npz, tmp_path / "c", backend="numba").kernels is cpu_kernels
+    monkeypatch.setenv("RNNRBM_NO_NUMBA", "1")
+    assert trainer(toy_npz, tmp_path / "d").kernels is None
+    assert trainer(toy_npz, tmp_path / "e", backend="numba").kernels is cpu_kernels
+    from rnnrbm_cli.errors import RnnrbmUsageError
+
+    with pytest.raises(RnnrbmUsageError, match="backend"):
+        resolve_configs({"backend": "jax"})
+
+
+def test_non_binary_data_falls_back_to_torch_or_is_refused(tmp_path):
+    # Prepared files are always 0/1 (load_prepared checks); data handed over directly may not be.
+    from types import SimpleNamespace
+
+    from rnnrbm_cli.errors import RnnrbmUsageError
+
+    rng = np.random.default_rng(0)
+    seqs = [(rng.random((20, 88)) < 0.05).astype(np.float32) for _ in range(4)]
+    seqs[0][3, 10] = 0.5
+    data = SimpleNamespace(meta={}, splits={"train": seqs, "valid": seqs[:1]})
+    model_config, config = resolve_configs({"n_hidden": 16, "n_recurrent": 8, "device": "cpu", "run_dir": str(tmp_path)})
+    assert Trainer(model_config, config, torch.device("cpu"), data).kernels is None
+    model_config, config = resolve_configs({"n_hidden": 16, "n_recurrent": 8, "backend": "numba", "run_dir": str(tmp_path)})
+    with pytest.raises(RnnrbmUsageError, match="other than 0 and 1"):
+        Trainer(model_config, config, torch.device("cpu"), data)
+
+
+@pytest.mark.parametrize("optimizer, momentum", [("sgd", 0.0), ("sgd", 0.9), ("adam", 0.0)])
+def test_both_backends_learn_the_toy_data(toy_npz, tmp_path, optimizer, momentum):
+    # Different random numbers, same mathematics: the monitors end up close.
+    monitors = {}
+    for backend in ("torch", "numba"):
+        t = trainer(toy_npz, tmp_path / backend, backend=backend, epochs=6, optimizer=optimizer, momentum=momentum,
+                    lr=0.01 if optimizer == "adam" else 0.05)
+        t.train()
+        monitors[backend] = t.last_metrics["valid_monitor"]
+        first = t.last_metrics
+    assert monitors["numba"] > -10.0, "the compiled path learns (a random model scores about -61)"
+    assert monitors["numba"] == pytest.approx(monitors["torch"], abs=1.0)
+    assert np.isfinite(first["train_cost"])
+
+
+def test_compiled_training_resumes_exactly(toy_npz, tmp_path):
+    from rnnrbm_cli.train import resume_trainer
+
+    full = trainer(toy_npz, tmp_path / "full", epochs=3, backend="numba")
+    full.train()
+    part = trainer(toy_npz, tmp_path / "part", epochs=2, backend="numba")
+    part.train()
+    resumed = resume_trainer(tmp_path / "part", torch.device("cpu"), epochs=3)
+    assert resumed.kernels is cpu_kernels
+    resumed.train()
+    for k, v in params(full).items():
+        assert torch.equal(params(resumed)[k], v), k
