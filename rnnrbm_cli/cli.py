@@ -16,8 +16,11 @@ import sys
 # before torch is imported.)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from pathlib import Path
+
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from rnnrbm_cli import __version__
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
@@ -72,10 +75,6 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------
 
 # == registry: fetch, datasets ===========================================================
-
-from pathlib import Path  # noqa: E402  (kept in this section; the lead may hoist it)
-
-from rich.markup import escape  # noqa: E402
 
 # registry.FORMS, spelled out so that `--help` need not import the registry (and tqdm);
 # tests/test_registry.py checks that the two agree.
