@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -54,14 +53,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise RnnrbmError(f"checkpoint {path} does not exist.")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         # weights_only refuses any global it does not know: this is where a crafted
-        # file that would run code ends up, before its code runs.
+        # file that would run code ends up, before its code runs (and some corrupt ones).
         raise RnnrbmError(
-            f"refusing to load {path}: it holds more than tensors and plain values "
-            f"({str(e).splitlines()[0][:160]}), which an rnnrbm checkpoint never does."
+            f"refusing to load {path}: it is corrupt or holds objects other than tensors and plain "
+            f"values (which could run code when loaded); an rnnrbm checkpoint never does."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # torch raises many kinds on garbage (IndexError on a text file, ...)
         raise RnnrbmError(
             f"cannot read checkpoint {path}: the file is truncated or not a PyTorch checkpoint ({type(e).__name__})."
         ) from None
