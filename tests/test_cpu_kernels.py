@@ -18,16 +18,10 @@ from rnnrbm_cli import cpu_kernels
 from rnnrbm_cli.model import RNNRBM, ModelConfig, free_energy, log_partition_exact
 from rnnrbm_cli.train import Trainer, resolve_configs
 
+from test_model import make_model
 from test_train import params, small, toy_npz  # noqa: F401  (toy_npz is a fixture)
 
 
-def make_model(seed=0, scale=0.3, **kw) -> RNNRBM:
-    torch.manual_seed(seed)
-    m = RNNRBM(ModelConfig(**kw))
-    with torch.no_grad():  # non-trivial weights so that the RNN actually matters
-        for p in m.parameters():
-            p.copy_(torch.randn_like(p) * scale)
-    return m
 
 
 def binary(shape, p, seed) -> torch.Tensor:
