@@ -37,7 +37,7 @@ import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -737,3 +737,28 @@ def _summary(splits: dict[str, list[np.ndarray]]) -> dict[str, dict[str, int]]:
         split: {"sequences": len(splits.get(split, [])), "frames": int(sum(len(s) for s in splits.get(split, [])))}
         for split in SPLITS
     }
+
+
+def load_sequence(
+    path: str | os.PathLike, split: str | None = None, index: int | None = None
+) -> tuple[np.ndarray, str, int, dict[str, Any]]:
+    """One sequence of a prepared ``.npz``: the roll, its split and index, and the data's metadata.
+
+    Default: the first sequence of the test split (or of the first split that has one).
+    An unknown split or an index out of range is a usage error naming what there is.
+    """
+    prepared = load_prepared(path)
+    splits = prepared.splits
+    if split is None:
+        candidates = ["test", *[s for s in splits if s != "test"]]
+        split = next((s for s in candidates if splits.get(s)), None)
+        if split is None:
+            raise RnnrbmError(f"{path} holds no sequences.")
+    elif split not in splits:
+        raise RnnrbmUsageError(f"{path} has no split {split!r}; it has {', '.join(sorted(splits))}.")
+    sequences = splits[split]
+    if index is None:
+        index = 0
+    if not 0 <= index < len(sequences):
+        raise RnnrbmUsageError(f"{path} has {len(sequences)} {split} sequences; --index must be 0..{len(sequences) - 1}, not {index}.")
+    return np.asarray(sequences[index]), split, index, dict(prepared.meta)

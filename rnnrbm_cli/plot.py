@@ -374,6 +374,8 @@ def plot_file(
         fig = curves_figure(metrics, title=title, width=size[0], height=size[1], dpi=dpi, interactive=interactive)
     else:
         if source.suffix.lower() == ".npz":
+            from rnnrbm_cli.datasets import load_sequence
+
             kind = "npz"
             roll, split, index, meta = load_sequence(source, split, index)
             if meta.get("grid") == "beats" and meta.get("beat_division"):
@@ -425,33 +427,6 @@ def _run_title(run_dir: Path, metrics: Metrics) -> str:
     last = metrics.epochs[-1]["epoch"] if metrics.epochs else 0
     parts.append(f"{last} epoch{'s' if last != 1 else ''}")
     return ": ".join(parts[:1]) + (" - " + ", ".join(parts[1:]) if len(parts) > 1 else "")
-
-
-def load_sequence(
-    path: str | os.PathLike, split: str | None = None, index: int | None = None
-) -> tuple[np.ndarray, str, int, dict[str, Any]]:
-    """One sequence of a prepared ``.npz``: the roll, its split and index, and the data's metadata.
-
-    Default: the first sequence of the test split (or of the first split that has one).
-    An unknown split or an index out of range is a usage error naming what there is.
-    """
-    from rnnrbm_cli.datasets import load_prepared
-
-    prepared = load_prepared(path)
-    splits = prepared.splits
-    if split is None:
-        candidates = ["test", *[s for s in splits if s != "test"]]
-        split = next((s for s in candidates if splits.get(s)), None)
-        if split is None:
-            raise RnnrbmError(f"{path} holds no sequences.")
-    elif split not in splits:
-        raise RnnrbmUsageError(f"{path} has no split {split!r}; it has {', '.join(sorted(splits))}.")
-    sequences = splits[split]
-    if index is None:
-        index = 0
-    if not 0 <= index < len(sequences):
-        raise RnnrbmUsageError(f"{path} has {len(sequences)} {split} sequences; --index must be 0..{len(sequences) - 1}, not {index}.")
-    return np.asarray(sequences[index]), split, index, dict(prepared.meta)
 
 
 def display_problem() -> str | None:

@@ -161,7 +161,7 @@ def load_primer(
     if steps is not None and steps < 1:
         raise RnnrbmUsageError(f"--primer-steps must be at least 1, not {steps}.")
     if source.suffix.lower() == ".npz":
-        from rnnrbm_cli.plot import load_sequence
+        from rnnrbm_cli.datasets import load_sequence
 
         if not source.is_file():
             raise RnnrbmError(f"primer {source} does not exist.")
