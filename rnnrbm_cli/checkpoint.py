@@ -7,9 +7,12 @@ class, a function call) is refused before any of its code can run.
 Keys (``FORMAT`` = "rnnrbm-checkpoint", version 1):
 
     format, version      identify the file
-    model_config         dict: ``ModelConfig`` fields
+    model_type           which model ("rnn-rbm"; MODELS maps it to its class; files
+                         written before it existed are rnn-rbm)
+    model_config         dict: the model's config fields
     model_state          the model's state dict (tensors)
-    train_config         dict: the resolved training configuration
+    settings             dict: the run's settings by section (config.Settings.sections());
+                         older files have a flat ``train_config`` instead
     data                 dict: the prepared data's metadata (dataset, grid, dt, beat_division, ...)
     epoch                completed epochs
     optimizer_state      the optimiser's state dict
@@ -34,6 +37,12 @@ from rnnrbm_cli.model import RNNRBM, ModelConfig
 
 FORMAT = "rnnrbm-checkpoint"
 VERSION = 1
+DEFAULT_MODEL_TYPE = "rnn-rbm"  # what a checkpoint without model_type holds
+
+# model_type -> (model class, its config dataclass). A new model adds one line here.
+MODELS: dict[str, tuple[type, type]] = {
+    "rnn-rbm": (RNNRBM, ModelConfig),
+}
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
@@ -74,27 +83,47 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
-def model_config_from(payload: dict[str, Any]) -> ModelConfig:
-    """Rebuild the ModelConfig a checkpoint stores; unknown keys or wrong types are errors."""
+def model_type_of(payload: dict[str, Any]) -> str:
+    """The checkpoint's model_type (rnn-rbm when it predates the field); unknown ones are errors."""
+    model_type = payload.get("model_type", DEFAULT_MODEL_TYPE)
+    if model_type not in MODELS:
+        raise RnnrbmError(f"the checkpoint holds a {model_type!r} model, which this rnnrbm does not know ({', '.join(MODELS)}).")
+    return model_type
+
+
+def model_config_from(payload: dict[str, Any]):
+    """Rebuild the model config a checkpoint stores; unknown keys or wrong types are errors."""
+    config_cls = MODELS[model_type_of(payload)][1]
     raw = payload["model_config"]
-    known = {f.name for f in fields(ModelConfig)}
+    known = {f.name for f in fields(config_cls)}
     if not isinstance(raw, dict) or set(raw) - known:
-        raise RnnrbmError(f"the checkpoint's model_config has unknown keys: {sorted(set(raw) - known)}.")
+        unknown = sorted(set(raw) - known) if isinstance(raw, dict) else raw
+        raise RnnrbmError(f"the checkpoint's model_config has unknown keys: {unknown}.")
     try:
-        return ModelConfig(**raw)
+        return config_cls(**raw)
     except (TypeError, ValueError) as e:
         raise RnnrbmError(f"the checkpoint's model_config is invalid: {e}.") from None
+
+
+def build_model(model_type: str, config, generator: torch.Generator | None = None) -> torch.nn.Module:
+    """A fresh model of ``model_type`` from its config, initialised from ``generator``."""
+    return MODELS[model_type][0](config, generator=generator)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[RNNRBM, dict[str, Any]]:
     """Rebuild the model stored in a checkpoint, in eval mode on ``device``.
 
-    Returns the model and the whole payload (for its data grid, epoch, metrics).
+    Returns the model and the whole payload (for its data grid, epoch, metrics). Weights
+    that do not fit the config, or that are NaN or infinite, are refused in one sentence.
     """
     payload = load_checkpoint(path, map_location="cpu")
-    model = RNNRBM(model_config_from(payload))
+    model = build_model(model_type_of(payload), model_config_from(payload))
     try:
         model.load_state_dict(payload["model_state"])
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise RnnrbmError(f"{path}: the stored weights do not fit the stored model config ({str(e).splitlines()[0][:160]}).") from None
+        detail = " ".join(str(e).split())
+        raise RnnrbmError(f"{path}: the stored weights do not fit the stored model config ({detail[:400]}).") from None
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise RnnrbmError(f"{path} holds NaN or infinite weights ({', '.join(bad)}); it cannot be used, take an earlier checkpoint.")
     return model.to(device).eval(), payload

@@ -10,8 +10,7 @@ The same mathematics as :meth:`RNNRBM.cd_cost` followed by ``backward()``, and a
   bv(t), bh(t) are fixed during the chain), so frames run in parallel with no
   synchronisation between steps;
 - the CD gradient is written in closed form (see :func:`_cd`), then back-propagated
-  through time into the RNN, so no autograd graph is built; a plain SGD step can be
-  applied in the same call;
+  through time into the RNN, so no autograd graph is built;
 - random numbers come from a counter-based generator (SplitMix64: a 64-bit counter
   through a bijective mixer), one stream per frame (training), per row (Gibbs chains) or
   per sequence (generation), keyed by a 64-bit seed that each call draws from the
@@ -41,10 +40,8 @@ from __future__ import annotations
 
 import functools
 import os
-import weakref
 
 import numpy as np
-import torch
 from llvmlite import ir
 import numba
 from numba import njit, prange, types
@@ -625,16 +622,10 @@ def _parameter_gradients(u_prev, u_prevT, dbv, dense, ph_data, ph_neg, v_data, v
             _column_sums(gu0, du0)
 
 
-@_inline
-def _sgd_step(p, dp, lr):
-    for j in range(p.shape[0]):
-        p[j] -= lr * dp[j]
-
-
 @_serial
 def _cd(
     W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u0,
-    frames, starts, lengths, k, seed, want_grads, v_neg_given, threads, lr, learn_u0,
+    frames, starts, lengths, k, seed, want_grads, v_neg_given, threads,
     gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0,
 ):
     """CD-k over the chunks frames[starts[b] : starts[b] + lengths[b]], b = 0..B-1.
@@ -650,7 +641,6 @@ def _cd(
     and bv(t) = bv + u(t-1) Wuv, bh(t) = bh + u(t-1) Wuh carry dbv(t), dbh(t) into bv,
     bh, Wuv, Wuh and u(t-1), from where back-propagation through
     u(t) = tanh(bu + u(t-1) Wuu + v(t) Wvu) reaches Wuu, Wvu, bu and u(0).
-    With lr > 0, then takes a plain SGD step p -= lr * dp (u(0) only when learn_u0).
     k : Gibbs steps; seed : uint64, the key of the random streams; v_neg_given : (n,
     n_visible) negative samples to use instead of the chains', or an empty array;
     threads : numba's thread count (parallel loops are cut into 4 blocks per thread).
@@ -701,13 +691,6 @@ def _cd(
             u_prev, np.ascontiguousarray(u_prev.T), dbv, dense, ph_data, ph_neg, v_data, v_neg, du0, 4 * threads,
             gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0,
         )
-        if lr > 0:
-            for p, dp in ((W, gW), (Wuh, gWuh), (Wuv, gWuv), (Wvu, gWvu), (Wuu, gWuu)):
-                _sgd_step(p.reshape(-1), dp.reshape(-1), lr)
-            for p, dp in ((bv, gbv), (bh, gbh), (bu, gbu)):
-                _sgd_step(p, dp, lr)
-            if learn_u0:
-                _sgd_step(u0, gu0, lr)
     return gap.sum(), monitor.sum(), n
 
 
@@ -779,74 +762,17 @@ def _generate(W, Wt, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u_start, k, seed, out):
             u, u_next = u_next, u
 
 
-# -- the torch-facing functions ----------------------------------------------------------
+# -- the names engines.py calls -------------------------------------------------------------
+#
+# The kernels take numpy arrays only; the parameters come in the order of
+# RNNRBM.PARAMETERS (W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u0), then their gradients.
 
-_PARAMETERS = ("W", "bv", "bh", "Wuh", "Wuv", "Wvu", "Wuu", "bu", "u0")
-
-# numpy views of a model's parameters and of their .grad tensors, made once per model and
-# reused while the tensors stay the same objects with the same storage (making them costs
-# ~30 us, 2% of a tutorial-sized update).
-_views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _seed(generator: torch.Generator | None) -> np.uint64:
-    # One draw per call: the kernels' streams follow the torch generator's state.
-    return np.uint64(int(torch.randint(0, 2**63 - 1, (), generator=generator)))
-
-
-def _arrays(model, grads: bool = False) -> list[np.ndarray]:
-    """The parameters as numpy views, in _PARAMETERS order; with grads=True, then the views
-    of their .grad tensors (created when missing; u0's when it is a fixed buffer is scratch)."""
-    tensors = [getattr(model, name) for name in _PARAMETERS]
-    cached = _views.get(model)
-    if cached is not None:
-        old_tensors, ptrs, old_grads, arrays = cached
-        if all(t is o and t.data_ptr() == q for t, o, q in zip(tensors, old_tensors, ptrs)) and (
-            not grads or all(t.grad is g for t, g in zip(tensors, old_grads) if t.requires_grad)
-        ):
-            return arrays if grads else arrays[:9]
-    if not grads:
-        return [t.detach().numpy() for t in tensors]
-    grad_tensors = []
-    for t in tensors:
-        if t.requires_grad:
-            if t.grad is None or t.grad.shape != t.shape:
-                t.grad = torch.empty_like(t)
-            grad_tensors.append(t.grad)
-        else:  # u0 when not learned: the kernels still write its gradient somewhere
-            grad_tensors.append(torch.empty_like(t))
-    arrays = [t.detach().numpy() for t in tensors] + [g.numpy() for g in grad_tensors]
-    _views[model] = (tensors, [t.data_ptr() for t in tensors], grad_tensors, arrays)
-    return arrays
-
-
-def cd_gradients(model, frames, starts, lengths, k, generator=None, v_neg=None, want_grads=True, lr=0.0):
-    """The CD-k cost of chunks of ``frames`` and the tutorial's monitor; the cost's
-    gradient goes into the parameters' ``.grad`` (overwritten, not accumulated), and with
-    ``lr`` > 0 a plain SGD step p -= lr * p.grad is applied too.
-
-    The same quantities as ``model.cd_cost`` on the padded batch of those chunks followed
-    by ``cost.backward()``. model : an RNNRBM with float32 parameters on the CPU.
-    frames : np.ndarray, shape=(N, n_visible), float32, values 0/1. starts, lengths :
-    np.ndarray, shape=(B,), int64: chunk b is frames[starts[b] : starts[b] + lengths[b]].
-    k : Gibbs steps. generator : the torch.Generator that one 64-bit seed is drawn from.
-    v_neg : negative samples, shape=(n, n_visible), the chunks' frames in order, to use
-    instead of the chain's (tests). want_grads : False skips the gradient (and the step).
-    Returns (cost, monitor, n_frames): cost and monitor are means over the n real frames.
-    """
-    seed = _seed(generator)
-    arrays = _arrays(model, grads=want_grads)
-    if not want_grads:
-        arrays = arrays + [np.empty_like(a) for a in arrays]
-    given = _NO_SAMPLES if v_neg is None else np.ascontiguousarray(v_neg, np.float32)
-    gap, monitor, n = _cd(
-        *arrays[:9], frames, starts, lengths, k, seed, want_grads, given, numba.get_num_threads(),
-        np.float32(lr), model.u0.requires_grad, *arrays[9:],
-    )
-    return gap / n, monitor / n, int(n)
-
-
-_NO_SAMPLES = np.zeros((0, 1), np.float32)
+cd = _cd
+rnn_serial = _rnn_serial
+generate_rows = _generate
+gibbs_rows = _gibbs_rows
+pad_hidden = _pad_hidden
+NO_SAMPLES = np.zeros((0, 1), np.float32)  # "no negative samples given" for cd
 
 
 def compiled_before() -> bool | None:
@@ -856,48 +782,3 @@ def compiled_before() -> bool | None:
         return os.path.exists(_cd._cache._cache_file._index_path)
     except AttributeError:
         return None
-
-
-def generate(model, n, steps, k=25, primer=None, generator=None) -> torch.Tensor:
-    """:meth:`RNNRBM.generate` on the CPU: n sequences of ``steps`` new frames, each from
-    a fresh k-step Gibbs chain started at zeros, after the 0/1 ``primer`` (T0, n_visible)
-    when given. Returns (n, T0 + steps, n_visible) float32 0/1, beginning with the primer.
-    """
-    seed = _seed(generator)
-    W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u0 = _arrays(model)
-    n_v, n_u = W.shape[0], Wuu.shape[0]
-    u = u0
-    p = None
-    if primer is not None and primer.shape[0] > 0:
-        p = np.ascontiguousarray(primer.detach().cpu().numpy(), np.float32)
-        if not np.isin(p, (0.0, 1.0)).all():
-            raise ValueError("the primer must be a 0/1 piano-roll")
-        T0 = p.shape[0]
-        u_prev = np.empty((T0, n_u), np.float32)
-        u_cur = np.empty((T0, n_u), np.float32)
-        _rnn_serial(Wvu, Wuu, bu, u0, p, np.arange(T0), np.array([0, T0]), u_prev, u_cur)
-        u = u_cur[-1]
-    out = np.empty((n, steps, n_v), np.float32)
-    u_start = np.ascontiguousarray(np.broadcast_to(u, (n, n_u)))
-    _generate(_pad_hidden(W), np.ascontiguousarray(W.T), bv, _pad_hidden(bh.reshape(1, -1))[0], _pad_hidden(Wuh), Wuv, Wvu, Wuu, bu, u_start, k, seed, out)
-    result = torch.from_numpy(out)
-    if p is not None:
-        result = torch.cat([torch.from_numpy(p).expand(n, -1, -1), result], dim=1)
-    return result
-
-
-def gibbs_chain(v, W, bv, bh, k, generator=None) -> torch.Tensor:
-    """:func:`rnnrbm_cli.model.gibbs_chain` on the CPU: k steps of block Gibbs sampling
-    v -> h -> v from each row of ``v`` (N, n_visible) 0/1, every row with its own biases
-    bv (N, n_visible) and bh (N, n_hidden) (or one shared row each). Returns the last v,
-    (N, n_visible) float32.
-    """
-    v_np = np.ascontiguousarray(v.detach().cpu().numpy(), np.float32)
-    n, n_v = v_np.shape
-    W_np = np.ascontiguousarray(W.detach().cpu().numpy(), np.float32)
-    bv_np = np.ascontiguousarray(np.broadcast_to(bv.detach().cpu().numpy(), (n, n_v)), np.float32)
-    bh_np = np.ascontiguousarray(np.broadcast_to(bh.detach().cpu().numpy(), (n, W_np.shape[1])), np.float32)
-    out = np.empty((n, n_v), np.float32)
-    blocks = max(1, min(n, 4 * numba.get_num_threads()))
-    _gibbs_rows(_pad_hidden(W_np), np.ascontiguousarray(W_np.T), bv_np, _pad_hidden(bh_np), v_np, k, _seed(generator), blocks, out)
-    return torch.from_numpy(out)

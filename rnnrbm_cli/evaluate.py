@@ -19,6 +19,7 @@ through a ``progress(stage, done, total)`` callback, in frames.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -28,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnrbm_cli.model import RNNRBM, free_energy, gibbs_chain, log_partition_exact
+from rnnrbm_cli.engines import Sampler, TorchSampler, sampler_for
+from rnnrbm_cli.errors import RnnrbmError
+from rnnrbm_cli.model import RNNRBM, free_energy, log_partition_exact
 
 # Exact log Z enumerates 2**n_hidden states per frame: at n_hidden = 20 that is still
 # cheaper than 100 AIS chains x 1000 betas, and it has no error at all.
@@ -305,6 +308,7 @@ def frame_log_likelihoods(
     gibbs: int = DEFAULT_GIBBS,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
+    sampler: Sampler | None = None,
 ) -> tuple[Tensor, Tensor | None, str]:
     """log P(v_t | history) of every frame.
 
@@ -325,7 +329,7 @@ def frame_log_likelihoods(
     # The base's marginals come from chains started at silence, not at the previous frame
     # (as for ACC): those are less peaked and covered the target better (measured).
     marginals = note_marginals(W, frames.bv, frames.bh, samples=samples, gibbs=gibbs, generator=generator,
-                               progress=_stage(progress, "AIS base", len(frames)))
+                               progress=_stage(progress, "AIS base", len(frames)), sampler=sampler)
     log_z, var = ais_log_partition(
         W, frames.bv, frames.bh, chains=chains, betas=betas, base=ais_base(marginals),
         generator=generator, progress=_stage(progress, "AIS log Z", len(frames)),
@@ -353,17 +357,19 @@ def log_likelihood(
     max_frames: int | None = None,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
+    backend: str = "auto",
 ) -> LLResult:
     """Average log-likelihood per frame of ``sequences`` (each (T, n_visible) 0/1), in nats.
 
     Exact when ``n_hidden <= EXACT_MAX_HIDDEN``, else AIS with ``chains`` runs of ``betas``
     steps per frame (base from ``samples`` x ``gibbs``, see :func:`frame_log_likelihoods`).
     ``max_frames`` evaluates a random subset of frames drawn with ``generator`` (which
-    also drives the sampling; it must live on the model's device).
+    also drives the sampling; it must live on the model's device). ``backend`` runs the
+    base's Gibbs chains (``engines``).
     """
     frames = conditional_frames(model, sequences, max_frames=max_frames, generator=generator)
     ll, var, method = frame_log_likelihoods(model, frames, chains=chains, betas=betas, samples=samples, gibbs=gibbs,
-                                            generator=generator, progress=progress)
+                                            generator=generator, progress=progress, sampler=sampler_for(model, backend))
     return summarise_ll(ll, var, method)
 
 
@@ -404,6 +410,7 @@ def note_marginals(
     start: Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
+    sampler: Sampler | None = None,
 ) -> Tensor:
     """Each frame's note probabilities p_t (N, n_visible) in its conditional RBM.
 
@@ -412,8 +419,10 @@ def note_marginals(
     part of the history the model conditions on (the chains never see frame t), and
     chains from there mix much faster than from silence. The last step's visible sample
     is replaced by its probability sigmoid(h W' + bv(t)), which has the same mean and
-    less noise (Rao-Blackwellisation); p_t is the mean over chains.
+    less noise (Rao-Blackwellisation); p_t is the mean over chains. ``sampler`` runs the
+    chains (``engines.sampler_for``); default the torch reference.
     """
+    chains = sampler or TorchSampler(None)
     n_v, n_h = W.shape
     N = bv.shape[0]
     nb = max(1, _rows_budget(W.device) // samples)
@@ -425,8 +434,7 @@ def note_marginals(
             v = torch.zeros((stop - first, samples, n_v), device=W.device, dtype=W.dtype)
         else:
             v = start[first:stop].unsqueeze(1).expand(-1, samples, -1).contiguous()
-        for _ in range(gibbs - 1):  # one step per call: random numbers for one step at a time
-            v = gibbs_chain(v, W, bv_b, bh_b, 1, generator)
+        v = chains.gibbs_chain(v, W, bv_b, bh_b, gibbs - 1, generator)
         u = torch.rand(v.shape[:-1] + (n_h,), generator=generator, device=W.device, dtype=W.dtype)
         h = (u < torch.sigmoid(v @ W + bh_b)).to(W.dtype)
         p[first:stop] = torch.sigmoid(h @ W.t() + bv_b).mean(1)
@@ -444,12 +452,14 @@ def frame_accuracy(
     max_frames: int | None = None,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
+    backend: str = "auto",
 ) -> float:
     """Expected frame-level accuracy (%) of ``sequences``, each frame predicted from its
-    true history; marginals from :func:`note_marginals`."""
+    true history; marginals from :func:`note_marginals` (chains on ``backend``)."""
     frames = conditional_frames(model, sequences, max_frames=max_frames, generator=generator)
     p = note_marginals(model.W, frames.bv, frames.bh, samples=samples, gibbs=gibbs, start=frames.prev,
-                       generator=generator, progress=_stage(progress, "note probabilities", len(frames)))
+                       generator=generator, progress=_stage(progress, "note probabilities", len(frames)),
+                       sampler=sampler_for(model, backend))
     return accuracy_from_marginals(frames.v, p)
 
 
@@ -467,21 +477,25 @@ def evaluate(
     max_frames: int | None = None,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
+    backend: str = "auto",
 ) -> dict:
     """LL and ACC on the same frames; returns a plain dict (JSON-ready).
 
-    Keys: log_likelihood, log_likelihood_stderr, frame_accuracy (%), frames, method,
-    chains and betas (None when exact), ais_stderr, samples, gibbs, seconds.
+    ``backend`` runs the Gibbs chains of the note probabilities (``engines``); AIS runs
+    on torch. Keys: log_likelihood, log_likelihood_stderr, frame_accuracy (%), frames,
+    method, chains and betas (None when exact), ais_stderr, samples, gibbs, backend, seconds.
     """
+    sampler = sampler_for(model, backend)
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
     try:
         frames = conditional_frames(model, sequences, max_frames=max_frames, generator=generator)
         ll, var, method = frame_log_likelihoods(model, frames, chains=chains, betas=betas, samples=samples,
-                                                gibbs=gibbs, generator=generator, progress=progress)
+                                                gibbs=gibbs, generator=generator, progress=progress, sampler=sampler)
         p = note_marginals(model.W, frames.bv, frames.bh, samples=samples, gibbs=gibbs, start=frames.prev,
-                           generator=generator, progress=_stage(progress, "note probabilities", len(frames)))
+                           generator=generator, progress=_stage(progress, "note probabilities", len(frames)),
+                           sampler=sampler)
     finally:
         model.train(was_training)
     res = summarise_ll(ll, var, method)
@@ -496,5 +510,51 @@ def evaluate(
         "ais_stderr": res.ais_stderr,
         "samples": samples,
         "gibbs": gibbs,
+        "backend": sampler.backend,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    *,
+    data: str | os.PathLike | None = None,
+    split: str = "test",
+    chains: int = DEFAULT_CHAINS,
+    betas: int = DEFAULT_BETAS,
+    samples: int = DEFAULT_SAMPLES,
+    gibbs: int = DEFAULT_GIBBS,
+    max_frames: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    backend: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+    mirror: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """:func:`evaluate` of the model in ``checkpoint`` on a split of ``data`` (default: the
+    data it was trained on, see ``datasets.checkpoint_data``); what ``rnnrbm evaluate`` prints.
+
+    The dict also has split, checkpoint, data (the prepared file), seed and device.
+    """
+    from rnnrbm_cli.checkpoint import load_model
+    from rnnrbm_cli.datasets import checkpoint_data, load_prepared
+    from rnnrbm_cli.device import resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    model, payload = load_model(checkpoint, dev)
+    path = checkpoint_data(payload, data, cache_dir=cache_dir, mirror=mirror)
+    sequences = load_prepared(path).splits.get(split) or []
+    if not any(len(s) for s in sequences):
+        raise RnnrbmError(f"{path} has no frames in its {split!r} split; choose another --split.")
+    width = {s.shape[1] for s in sequences}
+    if width != {model.config.n_visible}:
+        raise RnnrbmError(
+            f"{path} has frames of {sorted(width)} keys but the model has {model.config.n_visible} visible units; "
+            "evaluate it on data prepared like its training data."
+        )
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    result = evaluate(model, sequences, chains=chains, betas=betas, samples=samples, gibbs=gibbs,
+                      max_frames=max_frames, generator=generator, progress=progress, backend=backend)
+    result.update(split=split, checkpoint=str(checkpoint), data=str(path), seed=seed, device=str(dev))
+    return result

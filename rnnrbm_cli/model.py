@@ -15,7 +15,6 @@ This module knows tensors only: no files, no loop over epochs.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -124,20 +123,37 @@ def length_mask(lengths: Tensor, T: int) -> Tensor:
 
 
 class RNNRBM(nn.Module):
-    """The RNN-RBM: parameters W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu (and u0 if learned)."""
+    """The RNN-RBM: parameters W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu (and u0 if learned).
 
-    def __init__(self, config: ModelConfig = ModelConfig()) -> None:
+    ``generator`` seeds the initialisation (a local ``torch.Generator``: building a model
+    never touches the global seed); default: torch's global generator.
+    """
+
+    # The checkpoint's model_type; checkpoint.MODELS maps it back to this class.
+    model_type = "rnn-rbm"
+    # The one documented list of the parameters in the order compiled code takes them
+    # (engines.py hands them over as arrays; nothing else reads them by name):
+    # W (n_visible, n_hidden), bv (n_visible,), bh (n_hidden,), Wuh (n_recurrent, n_hidden),
+    # Wuv (n_recurrent, n_visible), Wvu (n_visible, n_recurrent), Wuu (n_recurrent,
+    # n_recurrent), bu (n_recurrent,), u0 (n_recurrent,) (a fixed zero buffer unless learned).
+    PARAMETERS = ("W", "bv", "bh", "Wuh", "Wuv", "Wvu", "Wuu", "bu", "u0")
+
+    def __init__(self, config: ModelConfig = ModelConfig(), generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.config = config
         n_v, n_h, n_u = config.n_visible, config.n_hidden, config.n_recurrent
+
+        def normal(*shape: int, sd: float) -> Tensor:
+            return torch.randn(*shape, generator=generator) * sd
+
         # The tutorial's initialisation: W ~ N(0, 0.01), RNN weights ~ N(0, 0.0001), biases 0.
-        self.W = nn.Parameter(torch.randn(n_v, n_h) * 0.01)
+        self.W = nn.Parameter(normal(n_v, n_h, sd=0.01))
         self.bv = nn.Parameter(torch.zeros(n_v))
         self.bh = nn.Parameter(torch.zeros(n_h))
-        self.Wuh = nn.Parameter(torch.randn(n_u, n_h) * 0.0001)
-        self.Wuv = nn.Parameter(torch.randn(n_u, n_v) * 0.0001)
-        self.Wvu = nn.Parameter(torch.randn(n_v, n_u) * 0.0001)
-        self.Wuu = nn.Parameter(torch.randn(n_u, n_u) * 0.0001)
+        self.Wuh = nn.Parameter(normal(n_u, n_h, sd=0.0001))
+        self.Wuv = nn.Parameter(normal(n_u, n_v, sd=0.0001))
+        self.Wvu = nn.Parameter(normal(n_v, n_u, sd=0.0001))
+        self.Wuu = nn.Parameter(normal(n_u, n_u, sd=0.0001))
         self.bu = nn.Parameter(torch.zeros(n_u))
         if config.learn_u0:
             self.u0 = nn.Parameter(torch.zeros(n_u))
@@ -145,6 +161,10 @@ class RNNRBM(nn.Module):
             self.register_buffer("u0", torch.zeros(n_u), persistent=False)
         # rnn_tanh adds two bias vectors; ours has one (bu), so the second is a fixed zero.
         self.register_buffer("_zero_bias", torch.zeros(n_u), persistent=False)
+
+    def parameter_list(self) -> list[Tensor]:
+        """The tensors named by ``PARAMETERS``, in that order (u0 may be a buffer)."""
+        return [getattr(self, name) for name in self.PARAMETERS]
 
     # -- the deterministic RNN ----------------------------------------------------------
 
@@ -236,13 +256,9 @@ class RNNRBM(nn.Module):
         the result begins with it. Returns (n, T0 + steps, n_visible) float 0/1 on the
         model's device.
 
-        A float32 model on the CPU uses the compiled kernels of ``cpu_kernels`` (same
-        sampler, its own random streams drawn from ``generator``) unless RNNRBM_NO_NUMBA
-        is set; the loop below is the reference and runs everywhere else.
+        This is the reference sampler; ``engines.sampler_for`` may choose the compiled CPU
+        kernels instead (the same sampler, with their own random streams).
         """
-        kernels = cpu_kernels_for(self)
-        if kernels is not None and (primer is None or bool(((primer == 0) | (primer == 1)).all())):
-            return kernels.generate(self, n, steps, k, primer, generator)
         device = self.W.device
         n_v = self.config.n_visible
         u = self.u0.expand(n, -1)
@@ -262,16 +278,3 @@ class RNNRBM(nn.Module):
         frames.append(out)
         return torch.cat(frames, dim=1)
 
-
-def cpu_kernels_for(model: RNNRBM):
-    """The compiled CPU kernels (the ``cpu_kernels`` module) when they can run ``model``:
-    float32 parameters on the CPU, numba installed, RNNRBM_NO_NUMBA unset; else None."""
-    if model.W.device.type != "cpu" or model.W.dtype != torch.float32:
-        return None
-    if os.environ.get("RNNRBM_NO_NUMBA", "") not in ("", "0"):
-        return None
-    try:
-        from rnnrbm_cli import cpu_kernels
-    except ImportError:  # numba missing: the torch path still works
-        return None
-    return cpu_kernels

@@ -18,12 +18,10 @@ PNG files of exactly ``width`` x ``height`` pixels; only ``interactive=True`` (t
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -32,6 +30,8 @@ from matplotlib.ticker import FuncFormatter, MultipleLocator
 
 from rnnrbm_cli._io import atomic_path
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
+from rnnrbm_cli.pianoroll import Grid, check_dt
+from rnnrbm_cli.rundir import Metrics, read_metrics  # noqa: F401  (read_metrics: re-exported)
 
 LOWEST_PITCH = 21  # MIDI pitch of roll column 0, as in pianoroll.py
 DPI = 100
@@ -145,81 +145,6 @@ def _pitch_limits(roll: np.ndarray) -> tuple[int, int]:
     if high > LOWEST_PITCH + 87:
         low, high = max(LOWEST_PITCH, low - (high - LOWEST_PITCH - 87)), LOWEST_PITCH + 87
     return low, high
-
-
-@dataclass
-class Metrics:
-    """A run's ``metrics.jsonl``, one record per epoch.
-
-    epochs : the records, sorted by epoch; when an epoch appears twice (a resumed run)
-        the later line wins.
-    skipped : 1-based numbers of lines that are not a JSON object with an integer
-        "epoch", other than an unfinished last line.
-    partial_last_line : the file ends in an unfinished line (a run writing it right now).
-    """
-
-    epochs: list[dict[str, Any]]
-    skipped: list[int] = field(default_factory=list)
-    partial_last_line: bool = False
-
-    def column(self, key: str) -> np.ndarray:
-        """One metric per epoch as floats; missing, null and non-finite values are NaN."""
-        return np.array([_finite(r.get(key)) for r in self.epochs], dtype=float)
-
-    def has(self, key: str) -> bool:
-        return bool(np.isfinite(self.column(key)).any())
-
-
-def _finite(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return math.nan
-    return float(value) if math.isfinite(value) else math.nan
-
-
-def read_metrics(path: str | os.PathLike) -> Metrics:
-    """Read a run directory's ``metrics.jsonl`` (or the file itself), tolerating a run in progress.
-
-    An unfinished last line (no newline yet, or not yet valid JSON) is left out quietly;
-    other unreadable lines are left out and counted in ``skipped``.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / METRICS_FILE
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise RnnrbmError(f"{path} does not exist; is {path.parent} a training run directory?") from None
-    except OSError as e:
-        raise RnnrbmError(f"cannot read {path} ({e.strerror or e}).") from None
-    lines = text.split("\n")
-    by_epoch: dict[int, dict[str, Any]] = {}
-    skipped: list[int] = []
-    partial = False
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        record = _metrics_record(line)
-        if record is None:
-            if number == len(lines):  # no newline after it: still being written
-                partial = True
-            else:
-                skipped.append(number)
-            continue
-        by_epoch[record["epoch"]] = record
-    return Metrics([by_epoch[e] for e in sorted(by_epoch)], skipped, partial)
-
-
-def _metrics_record(line: str) -> dict[str, Any] | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(record, dict):
-        return None
-    epoch = record.get("epoch")
-    if isinstance(epoch, bool) or not isinstance(epoch, int):
-        return None
-    return record
 
 
 def curves_figure(
@@ -378,18 +303,13 @@ def plot_file(
 
             kind = "npz"
             roll, split, index, meta = load_sequence(source, split, index)
-            if meta.get("grid") == "beats" and meta.get("beat_division"):
-                frame_length, unit = 1.0 / float(meta["beat_division"]), "beats"
-            else:
-                frame_length, unit = float(meta.get("dt") or 0.3), "s"
+            frame_length, unit = Grid.from_meta(meta).axis()
             title = f"{meta.get('dataset') or source.stem}: {split} sequence {index} ({source.name})"
         else:
             from rnnrbm_cli.pianoroll import midi_to_roll
 
             kind = "midi"
-            frame_length, unit = dt if dt is not None else MIDI_PLOT_DT, "s"
-            if not frame_length > 0:
-                raise RnnrbmUsageError(f"--dt must be a positive number of seconds, not {dt}.")
+            frame_length, unit = check_dt(dt, "--dt") if dt is not None else MIDI_PLOT_DT, "s"
             roll, _ = midi_to_roll(source, dt=frame_length)
             title = source.name
         target = Path(out) if out is not None else default_output(source, split=split, index=index)

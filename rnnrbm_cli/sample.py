@@ -33,10 +33,11 @@ import torch
 
 from rnnrbm_cli.checkpoint import load_model
 from rnnrbm_cli.device import resolve_device
+from rnnrbm_cli.engines import sampler_for
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.model import RNNRBM
+from rnnrbm_cli.pianoroll import Grid
 
-DEFAULT_TEMPO = 120.0  # bpm, for checkpoints trained on a beat grid
 MIDI_SUFFIXES = (".mid", ".midi")
 
 
@@ -99,32 +100,9 @@ class SampleResult:
 
 
 def output_dt(data: dict[str, Any] | None, *, dt: float | None = None, tempo: float | None = None) -> float:
-    """Seconds per frame for the written files.
-
-    data : the checkpoint's data metadata ("grid", "dt", "beat_division").
-    dt : seconds per frame, overriding the grid.
-    tempo : beats per minute, for a "beats" grid only (default 120).
-    """
-    data = data or {}
-    grid = data.get("grid")
-    if dt is not None and tempo is not None:
-        raise RnnrbmUsageError("give --dt or --tempo, not both: each sets the length of a frame.")
-    if dt is not None:
-        if not (dt > 0 and math.isfinite(dt)):
-            raise RnnrbmUsageError(f"--dt must be a positive number of seconds, not {dt}.")
-        return float(dt)
-    if tempo is not None and not (tempo > 0 and math.isfinite(tempo)):
-        raise RnnrbmUsageError(f"--tempo must be a positive number of beats per minute, not {tempo}.")
-    if grid == "beats" and data.get("beat_division"):
-        return 60.0 / (tempo if tempo is not None else DEFAULT_TEMPO) / float(data["beat_division"])
-    if tempo is not None:
-        raise RnnrbmUsageError(
-            "--tempo applies to a model trained on a beat grid; this checkpoint's frames are "
-            f"{data.get('dt')} seconds long: use --dt to change that."
-        )
-    if grid == "seconds" and data.get("dt"):
-        return float(data["dt"])
-    raise RnnrbmUsageError("the checkpoint records no time grid; give the seconds per frame with --dt (the tutorial used 0.3).")
+    """Seconds per frame for the written files: the checkpoint's grid (``data``: its
+    "grid", "dt", "beat_division") played at ``tempo`` (beat grids), or ``dt`` instead."""
+    return Grid.from_meta(data).seconds_per_frame(dt=dt, tempo=tempo)
 
 
 # -- primers -----------------------------------------------------------------------------
@@ -172,16 +150,13 @@ def load_primer(
             raise RnnrbmUsageError("--split and --index choose a sequence of a prepared .npz primer; a MIDI primer has one.")
         from rnnrbm_cli.pianoroll import midi_to_roll
 
-        if data.get("grid") == "beats" and data.get("beat_division"):
-            grid = {"beat_division": int(data["beat_division"])}
-        elif data.get("grid") == "seconds" and data.get("dt"):
-            grid = {"dt": float(data["dt"])}
-        elif dt is not None:
-            grid = {"dt": float(dt)}
-        else:
-            raise RnnrbmUsageError("the checkpoint records no time grid to sample the primer on; give --dt.")
+        grid = Grid.from_meta(data)
+        if grid.kind is None:
+            if dt is None:
+                raise RnnrbmUsageError("the checkpoint records no time grid to sample the primer on; give --dt.")
+            grid = Grid(dt=dt)
         transpose = data.get("transpose") or "none"
-        roll, _ = midi_to_roll(source, transpose=transpose, **grid)
+        roll, _ = midi_to_roll(source, transpose=transpose, dt=grid.dt, beat_division=grid.beat_division)
     roll = np.asarray(roll, dtype=np.uint8)
     if steps is not None:
         roll = roll[:steps]
@@ -192,24 +167,17 @@ def load_primer(
 
 def _check_same_grid(source: Path, meta: dict[str, Any], data: dict[str, Any]) -> None:
     """A prepared primer must be on the grid the model was trained on, or its frames mean something else."""
-    if not data.get("grid") or not meta.get("grid"):
+    mine, theirs = Grid.from_meta(meta), Grid.from_meta(data)
+    if mine.kind is None or theirs.kind is None:
         return
-    mine = (meta.get("grid"), meta.get("dt") if meta.get("grid") == "seconds" else meta.get("beat_division"))
-    theirs = (data.get("grid"), data.get("dt") if data.get("grid") == "seconds" else data.get("beat_division"))
-    same = mine[0] == theirs[0] and (
-        mine[1] == theirs[1] or (mine[1] is not None and theirs[1] is not None and math.isclose(mine[1], theirs[1]))
+    same = mine.beat_division == theirs.beat_division and (
+        mine.dt == theirs.dt or (mine.dt is not None and theirs.dt is not None and math.isclose(mine.dt, theirs.dt))
     )
     if not same:
         raise RnnrbmUsageError(
-            f"primer {source} is on a {_grid_words(meta)} grid but the model was trained on a "
-            f"{_grid_words(data)} grid; give a primer prepared like the training data, or a MIDI file."
+            f"primer {source} is on a grid of {mine.describe()} but the model was trained on one of "
+            f"{theirs.describe()}; give a primer prepared like the training data, or a MIDI file."
         )
-
-
-def _grid_words(meta: dict[str, Any]) -> str:
-    if meta.get("grid") == "beats":
-        return f"{meta.get('beat_division')}-frames-per-beat"
-    return f"{meta.get('dt')}-second"
 
 
 # -- output files ------------------------------------------------------------------------
@@ -270,15 +238,17 @@ def generate_rolls(
     k: int = 25,
     primer: np.ndarray | None = None,
     seed: int = 0,
+    backend: str = "auto",
 ) -> np.ndarray:
-    """``num`` pieces from one batched ``model.generate`` call, seeded on the model's device.
+    """``num`` pieces from one batched generate call on ``backend`` (``engines.sampler_for``),
+    seeded on the model's device.
 
     Returns np.ndarray, shape=(num, T0 + steps, 88), dtype=uint8.
     """
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     primer_t = torch.from_numpy(np.asarray(primer, dtype=np.float32)) if primer is not None else None
-    rolls = model.generate(num, steps, k=k, primer=primer_t, generator=generator)
+    rolls = sampler_for(model, backend).generate(num, steps, k, primer_t, generator)
     return rolls.round().to(torch.uint8).cpu().numpy()
 
 
@@ -299,6 +269,7 @@ def sample(
     program: int = 0,
     velocity: int = 80,
     device: str | torch.device = "auto",
+    backend: str = "auto",
     wav: bool = False,
     png: bool = False,
     force: bool = False,
@@ -322,6 +293,7 @@ def sample(
     program : General MIDI program 0..127 of the written files.
     velocity : velocity 1..127 of every note.
     device : "auto", "cpu" or "cuda[:n]".
+    backend : "auto", "torch" or "numba": who samples (``engines``).
     wav : also render each piece to a WAV file (see :mod:`rnnrbm_cli.synth`).
     png : also draw each piece's piano-roll to a PNG file.
     force : replace existing files; otherwise any existing output is an error, raised
@@ -353,7 +325,7 @@ def sample(
 
     say(f"sampling {num} piece{'s' if num != 1 else ''} of {steps} frames (k={k}) on {torch_device}, seed {seed}")
     t0 = time.perf_counter()
-    rolls = generate_rolls(model, num, steps, k=k, primer=primer_roll, seed=seed)
+    rolls = generate_rolls(model, num, steps, k=k, primer=primer_roll, seed=seed, backend=backend)
     generate_seconds = time.perf_counter() - t0
 
     from rnnrbm_cli.pianoroll import roll_to_midi, write_midi

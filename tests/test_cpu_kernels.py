@@ -14,12 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from rnnrbm_cli import cpu_kernels
-from rnnrbm_cli.model import RNNRBM, ModelConfig, free_energy, log_partition_exact
-from rnnrbm_cli.train import Trainer, resolve_configs
+from rnnrbm_cli import cpu_kernels, engines
+from rnnrbm_cli.engines import NumbaSampler, numba_cd
+from rnnrbm_cli.model import RNNRBM, free_energy, log_partition_exact
 
+from conftest import make_trainer
 from test_model import make_model
-from test_train import params, small, toy_npz  # noqa: F401  (toy_npz is a fixture)
+from test_train import params
+
+# Every test here runs compiled code; the first run on a machine compiles it.
+pytestmark = pytest.mark.slow
 
 
 
@@ -102,7 +106,7 @@ def test_compiled_gradient_equals_autograd_with_the_same_negative_samples(learn_
 
     m.zero_grad(set_to_none=True)
     starts, lens = spans(lengths)
-    cost, _, n = cpu_kernels.cd_gradients(
+    cost, _, n = numba_cd(
         m, torch.cat(seqs).numpy(), starts, lens, k=3, generator=torch.Generator().manual_seed(0),
         v_neg=torch.cat(negs).numpy(),
     )
@@ -123,7 +127,7 @@ def test_compiled_gradient_equals_autograd_at_the_tutorial_size():
     cost_ref, grads_ref = autograd_reference(m, seqs, negs)
     m.zero_grad(set_to_none=True)
     starts, lens = spans(lengths)
-    cost, _, _ = cpu_kernels.cd_gradients(m, torch.cat(seqs).numpy(), starts, lens, 15, v_neg=torch.cat(negs).numpy())
+    cost, _, _ = numba_cd(m, torch.cat(seqs).numpy(), starts, lens, 15, v_neg=torch.cat(negs).numpy())
     assert cost == pytest.approx(cost_ref, rel=1e-4, abs=1e-5)
     assert_grads_close(m, grads_ref)
 
@@ -135,30 +139,12 @@ def test_chunks_are_read_where_they_lie_in_the_frame_table():
     na, nb = binary((6, 7), 0.4, seed=3), binary((4, 7), 0.4, seed=4)
     v_neg = torch.cat([na, nb]).numpy()
     g = torch.Generator()
-    cpu_kernels.cd_gradients(m, torch.cat([a, b]).numpy(), *spans([6, 4]), 1, g, v_neg=v_neg)
+    numba_cd(m, torch.cat([a, b]).numpy(), *spans([6, 4]), 1, g, v_neg=v_neg)
     first = {k: p.grad.clone() for k, p in m.named_parameters()}
     table = torch.cat([binary((3, 7), 0.5, seed=9), b, binary((2, 7), 0.5, seed=8), a]).numpy()
-    cpu_kernels.cd_gradients(m, table, np.array([9, 3]), np.array([6, 4]), 1, g, v_neg=v_neg)
+    numba_cd(m, table, np.array([9, 3]), np.array([6, 4]), 1, g, v_neg=v_neg)
     for k, p in m.named_parameters():
         torch.testing.assert_close(p.grad, first[k], rtol=1e-6, atol=1e-7)
-
-
-def test_one_compiled_sgd_step_is_params_minus_lr_times_grad():
-    m = make_model(n_visible=7, n_hidden=5, n_recurrent=4, learn_u0=True)
-    seqs = [binary((8, 7), 0.4, seed=1), binary((5, 7), 0.4, seed=2)]
-    negs = [binary((8, 7), 0.4, seed=3), binary((5, 7), 0.4, seed=4)]
-    _, grads = autograd_reference(m, seqs, negs)
-    before = {k: p.detach().clone() for k, p in m.named_parameters()}
-    cpu_kernels.cd_gradients(m, torch.cat(seqs).numpy(), *spans([8, 5]), 1, v_neg=torch.cat(negs).numpy(), lr=0.1)
-    for k, p in m.named_parameters():
-        torch.testing.assert_close(p.detach(), before[k] - 0.1 * grads[k], rtol=1e-5, atol=1e-6, msg=k)
-
-
-def test_a_fixed_u0_is_not_stepped():
-    m = make_model(n_visible=7, n_hidden=5, n_recurrent=4, learn_u0=False)
-    v = binary((6, 7), 0.4, seed=1).numpy()
-    cpu_kernels.cd_gradients(m, v, *spans([6]), 2, torch.Generator().manual_seed(0), lr=0.5)
-    assert not m.u0.any()
 
 
 def test_monitor_equals_the_torch_formula_when_the_hidden_sample_is_certain():
@@ -172,7 +158,7 @@ def test_monitor_equals_the_torch_formula_when_the_hidden_sample_is_certain():
     seqs = [binary((8, 7), 0.4, seed=1), binary((5, 7), 0.4, seed=2)]
     negs = [binary((8, 7), 0.4, seed=3), binary((5, 7), 0.4, seed=4)]
     res = m.cd_cost(padded(seqs), torch.tensor([8, 5]), v_neg=padded(negs), generator=torch.Generator().manual_seed(0))
-    _, monitor, _ = cpu_kernels.cd_gradients(
+    _, monitor, _ = numba_cd(
         m, torch.cat(seqs).numpy(), *spans([8, 5]), 1, torch.Generator().manual_seed(1), v_neg=torch.cat(negs).numpy()
     )
     assert monitor == pytest.approx(res.monitor.item(), rel=1e-5)
@@ -182,7 +168,7 @@ def test_monitor_is_finite_when_the_reconstruction_is_certain():
     m = make_model(n_visible=6, n_hidden=4, n_recurrent=3, scale=0.0)
     with torch.no_grad():
         m.bv.fill_(-200.0)  # p(v_i = 1) = sigmoid(-200): log 0 in the tutorial's formula
-    _, monitor, _ = cpu_kernels.cd_gradients(m, np.ones((4, 6), np.float32), *spans([4]), 1, torch.Generator())
+    _, monitor, _ = numba_cd(m, np.ones((4, 6), np.float32), *spans([4]), 1, torch.Generator())
     assert np.isfinite(monitor) and monitor == pytest.approx(-200.0 * 6, rel=1e-5)
 
 
@@ -195,7 +181,7 @@ def test_results_follow_the_torch_generator_and_not_the_thread_count():
         old = numba.get_num_threads()
         numba.set_num_threads(threads)
         try:
-            cost, monitor, _ = cpu_kernels.cd_gradients(m, v, starts, lens, 5, torch.Generator().manual_seed(seed))
+            cost, monitor, _ = numba_cd(m, v, starts, lens, 5, torch.Generator().manual_seed(seed))
         finally:
             numba.set_num_threads(old)
         return cost, monitor, {k: p.grad.clone() for k, p in m.named_parameters()}
@@ -227,7 +213,7 @@ def frequencies(samples: torch.Tensor) -> torch.Tensor:
 def test_compiled_gibbs_chain_samples_the_rbm_distribution():
     g = torch.Generator().manual_seed(4)
     W, bv, bh = torch.randn(3, 2, generator=g), torch.randn(3, generator=g), torch.randn(2, generator=g)
-    samples = cpu_kernels.gibbs_chain(torch.zeros(40000, 3), W, bv, bh, k=30, generator=torch.Generator().manual_seed(5))
+    samples = NumbaSampler(None).gibbs_chain(torch.zeros(40000, 3), W, bv, bh, 30, torch.Generator().manual_seed(5))
     torch.testing.assert_close(frequencies(samples), exact_distribution(W, bv, bh), atol=0.012, rtol=0)
 
 
@@ -237,7 +223,7 @@ def test_compiled_gibbs_chain_gives_every_row_its_own_biases():
     W = torch.randn(3, 10, generator=g)  # 10 hidden units: padded to 16 inside
     bvs, bhs = torch.randn(2, 3, generator=g) * 2, torch.randn(2, 10, generator=g)
     group = torch.arange(40000) % 2
-    samples = cpu_kernels.gibbs_chain(torch.ones(40000, 3), W, bvs[group], bhs[group], k=30, generator=torch.Generator().manual_seed(7))
+    samples = NumbaSampler(None).gibbs_chain(torch.ones(40000, 3), W, bvs[group], bhs[group], 30, torch.Generator().manual_seed(7))
     for c in range(2):
         torch.testing.assert_close(frequencies(samples[group == c]), exact_distribution(W, bvs[c], bhs[c]), atol=0.015, rtol=0)
 
@@ -245,7 +231,7 @@ def test_compiled_gibbs_chain_gives_every_row_its_own_biases():
 def test_compiled_gibbs_chain_with_zero_steps_returns_its_start():
     v = binary((5, 88), 0.1, seed=3)
     W = torch.randn(88, 150)
-    assert torch.equal(cpu_kernels.gibbs_chain(v, W, torch.zeros(88), torch.zeros(150), k=0), v)
+    assert torch.equal(NumbaSampler(None).gibbs_chain(v, W, torch.zeros(88), torch.zeros(150), 0), v)
 
 
 # -- generation ----------------------------------------------------------------------------
@@ -266,39 +252,39 @@ def deterministic_model() -> RNNRBM:
 
 def test_compiled_generate_conditions_on_history_like_the_step_by_step_definition():
     m = deterministic_model()
-    out = cpu_kernels.generate(m, 2, 6, k=2, generator=torch.Generator().manual_seed(0))
+    out = NumbaSampler(m).generate(2, 6, 2, None, torch.Generator().manual_seed(0))
     bv_t, _ = m.conditional_biases(out)
     assert (bv_t.abs() > 10).all(), "the test needs a deterministic sampler"
     torch.testing.assert_close(out, (bv_t > 0).float())
     assert not torch.equal(out[0, 1], out[0, 2]), "the frames must depend on the history"
 
 
-def test_compiled_generate_matches_the_torch_path_with_a_primer(monkeypatch):
+def test_compiled_generate_matches_the_torch_path_with_a_primer():
     m = deterministic_model()
     primer = binary((5, 6), 0.5, seed=0)
-    fast = cpu_kernels.generate(m, 3, 8, k=2, primer=primer, generator=torch.Generator().manual_seed(0))
-    monkeypatch.setenv("RNNRBM_NO_NUMBA", "1")
+    fast = NumbaSampler(m).generate(3, 8, 2, primer, torch.Generator().manual_seed(0))
     reference = m.generate(3, 8, k=2, primer=primer, generator=torch.Generator().manual_seed(0))
     assert fast.shape == reference.shape == (3, 13, 6)
     assert torch.equal(fast[:, :5], primer.expand(3, -1, -1))
     torch.testing.assert_close(fast, reference)
 
 
-def test_model_generate_uses_the_kernels_on_the_cpu_and_is_reproducible(monkeypatch):
+def test_sampler_for_chooses_the_kernels_on_the_cpu_and_is_reproducible(monkeypatch):
     m = make_model(n_visible=6, n_hidden=4, n_recurrent=3)
     calls = []
-    real = cpu_kernels.generate
-    monkeypatch.setattr(cpu_kernels, "generate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    a = m.generate(4, 10, k=3, generator=torch.Generator().manual_seed(7))
-    b = m.generate(4, 10, k=3, generator=torch.Generator().manual_seed(7))
-    c = m.generate(4, 10, k=3, generator=torch.Generator().manual_seed(8))
-    assert len(calls) == 3
+    real = cpu_kernels.generate_rows
+    monkeypatch.setattr(cpu_kernels, "generate_rows", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    sampler = engines.sampler_for(m)
+    a = sampler.generate(4, 10, 3, None, torch.Generator().manual_seed(7))
+    b = sampler.generate(4, 10, 3, None, torch.Generator().manual_seed(7))
+    c = sampler.generate(4, 10, 3, None, torch.Generator().manual_seed(8))
+    assert len(calls) == 3 and sampler.backend == "numba"
     assert a.shape == (4, 10, 6) and a.dtype == torch.float32
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert set(a.unique().tolist()) <= {0.0, 1.0}
     monkeypatch.setenv("RNNRBM_NO_NUMBA", "1")
-    m.generate(4, 10, k=3, generator=torch.Generator().manual_seed(7))
-    assert len(calls) == 3, "RNNRBM_NO_NUMBA=1 selects the torch path"
+    engines.sampler_for(m).generate(4, 10, 3, None, torch.Generator().manual_seed(7))
+    assert len(calls) == 3, "RNNRBM_NO_NUMBA=1 makes auto the torch path"
 
 
 def test_compiled_generate_samples_the_rbm_when_the_rnn_is_silent():
@@ -309,50 +295,11 @@ def test_compiled_generate_samples_the_rbm_when_the_rnn_is_silent():
         m.W.copy_(torch.randn(3, 2, generator=g))
         m.bv.copy_(torch.randn(3, generator=g))
         m.bh.copy_(torch.randn(2, generator=g))
-    out = cpu_kernels.generate(m, 2000, 20, k=30, generator=torch.Generator().manual_seed(1))
+    out = NumbaSampler(m).generate(2000, 20, 30, None, torch.Generator().manual_seed(1))
     torch.testing.assert_close(frequencies(out.reshape(-1, 3)), exact_distribution(m.W, m.bv, m.bh), atol=0.012, rtol=0)
 
 
 # -- training ------------------------------------------------------------------------------
-
-
-def trainer(toy_npz, run_dir, **kw) -> Trainer:
-    from rnnrbm_cli.datasets import load_prepared
-
-    model_config, config = small(toy_npz, run_dir, **kw)
-    t = Trainer(model_config, config, torch.device("cpu"), load_prepared(toy_npz), toy_npz)
-    t.start_run_dir("test")
-    return t
-
-
-def test_backend_choice(toy_npz, tmp_path, monkeypatch):
-    assert trainer(toy_npz, tmp_path / "a").kernels is cpu_kernels
-    assert trainer(toy_npz, tmp_path / "b", backend="torch").kernels is None
-    assert trainer(toy_npz, tmp_path / "c", backend="numba").kernels is cpu_kernels
-    monkeypatch.setenv("RNNRBM_NO_NUMBA", "1")
-    assert trainer(toy_npz, tmp_path / "d").kernels is None
-    assert trainer(toy_npz, tmp_path / "e", backend="numba").kernels is cpu_kernels
-    from rnnrbm_cli.errors import RnnrbmUsageError
-
-    with pytest.raises(RnnrbmUsageError, match="backend"):
-        resolve_configs({"backend": "jax"})
-
-
-def test_non_binary_data_falls_back_to_torch_or_is_refused(tmp_path):
-    # Prepared files are always 0/1 (load_prepared checks); data handed over directly may not be.
-    from types import SimpleNamespace
-
-    from rnnrbm_cli.errors import RnnrbmUsageError
-
-    rng = np.random.default_rng(0)
-    seqs = [(rng.random((20, 88)) < 0.05).astype(np.float32) for _ in range(4)]
-    seqs[0][3, 10] = 0.5
-    data = SimpleNamespace(meta={}, splits={"train": seqs, "valid": seqs[:1]})
-    model_config, config = resolve_configs({"n_hidden": 16, "n_recurrent": 8, "device": "cpu", "run_dir": str(tmp_path)})
-    assert Trainer(model_config, config, torch.device("cpu"), data).kernels is None
-    model_config, config = resolve_configs({"n_hidden": 16, "n_recurrent": 8, "backend": "numba", "run_dir": str(tmp_path)})
-    with pytest.raises(RnnrbmUsageError, match="other than 0 and 1"):
-        Trainer(model_config, config, torch.device("cpu"), data)
 
 
 @pytest.mark.parametrize("optimizer, momentum", [("sgd", 0.0), ("sgd", 0.9), ("adam", 0.0)])
@@ -360,7 +307,7 @@ def test_both_backends_learn_the_toy_data(toy_npz, tmp_path, optimizer, momentum
     # Different random numbers, same mathematics: the monitors end up close.
     monitors = {}
     for backend in ("torch", "numba"):
-        t = trainer(toy_npz, tmp_path / backend, backend=backend, epochs=6, optimizer=optimizer, momentum=momentum,
+        t = make_trainer(toy_npz, tmp_path / backend, backend=backend, epochs=6, optimizer=optimizer, momentum=momentum,
                     lr=0.01 if optimizer == "adam" else 0.05)
         t.train()
         monitors[backend] = t.last_metrics["valid_monitor"]
@@ -373,12 +320,12 @@ def test_both_backends_learn_the_toy_data(toy_npz, tmp_path, optimizer, momentum
 def test_compiled_training_resumes_exactly(toy_npz, tmp_path):
     from rnnrbm_cli.train import resume_trainer
 
-    full = trainer(toy_npz, tmp_path / "full", epochs=3, backend="numba")
+    full = make_trainer(toy_npz, tmp_path / "full", epochs=3, backend="numba")
     full.train()
-    part = trainer(toy_npz, tmp_path / "part", epochs=2, backend="numba")
+    part = make_trainer(toy_npz, tmp_path / "part", epochs=2, backend="numba")
     part.train()
     resumed = resume_trainer(tmp_path / "part", torch.device("cpu"), epochs=3)
-    assert resumed.kernels is cpu_kernels
+    assert resumed.objective.backend == "numba"
     resumed.train()
     for k, v in params(full).items():
         assert torch.equal(params(resumed)[k], v), k

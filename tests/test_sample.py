@@ -100,14 +100,15 @@ def test_same_seed_same_bytes_and_another_seed_another_file(ckpt: Path, tmp_path
 
 
 def test_num_8_writes_eight_files_from_one_batched_generate_call(ckpt: Path, tmp_path: Path, monkeypatch):
+    from rnnrbm_cli import engines
+
     calls = []
-    real_generate = RNNRBM.generate
+    for cls in (engines.TorchSampler, engines.NumbaSampler):
+        def counting_generate(self, n, steps, *args, _real=cls.generate, **kwargs):
+            calls.append(n)
+            return _real(self, n, steps, *args, **kwargs)
 
-    def counting_generate(self, n, steps, *args, **kwargs):
-        calls.append(n)
-        return real_generate(self, n, steps, *args, **kwargs)
-
-    monkeypatch.setattr(RNNRBM, "generate", counting_generate)
+        monkeypatch.setattr(cls, "generate", counting_generate)
     r = run("sample", ckpt, tmp_path / "song.mid", "--num", 8, "--steps", 30, "--k", 3, "--seed", 1, "--json")
     assert r.exit_code == 0, r.stderr
     assert calls == [8]

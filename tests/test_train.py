@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,69 +17,17 @@ from click.testing import CliRunner
 from rnnrbm_cli.checkpoint import load_checkpoint, load_model
 from rnnrbm_cli.cli import cli
 from rnnrbm_cli.datasets import load_prepared
-from rnnrbm_cli.model import ModelConfig, free_energy
+from rnnrbm_cli.config import PRESETS, resolve_settings
+from rnnrbm_cli.model import free_energy
 from rnnrbm_cli.train import (
     Callbacks,
     StopFlag,
-    Trainer,
-    TrainConfig,
     TrainingDiverged,
     TrainingInterrupted,
-    resolve_configs,
     resume_trainer,
 )
 
-# Three-chord progressions (C, F, G, Am), each chord held for two frames.
-CHORDS = [[48, 52, 55], [53, 57, 60], [55, 59, 62], [57, 60, 64]]
-
-
-def chord_sequence(rng: np.random.Generator, length: int) -> np.ndarray:
-    roll = np.zeros((length, 88), np.uint8)
-    start = rng.integers(len(CHORDS))
-    for t in range(length):
-        for pitch in CHORDS[(start + t // 2) % len(CHORDS)]:
-            roll[t, pitch - 21] = 1
-    return roll
-
-
-def write_npz(path: Path, splits: dict[str, list[np.ndarray]], meta: dict) -> Path:
-    """A prepared-data file in the layout datasets.py writes (checked by load_prepared)."""
-    arrays = {}
-    for name, seqs in splits.items():
-        arrays[f"{name}_rolls"] = np.concatenate(seqs).astype(np.uint8)
-        arrays[f"{name}_lengths"] = np.array([len(s) for s in seqs], np.int64)
-    full_meta = {"format": 1, "dataset": "toy", "source_file": None, "source_sha256": None, "source_kind": "rolls",
-                 "grid": "seconds", "dt": 0.25, "beat_division": None, "transpose": "none", "skipped_files": [],
-                 "dropped_notes": 0, "created_by": "tests"}
-    full_meta.update(meta)
-    np.savez(path, meta=np.array(json.dumps(full_meta)), **arrays)
-    return path
-
-
-@pytest.fixture
-def toy_npz(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    splits = {
-        "train": [chord_sequence(rng, int(n)) for n in rng.integers(10, 40, size=24)],
-        "valid": [chord_sequence(rng, 24) for _ in range(4)],
-        "test": [chord_sequence(rng, 24) for _ in range(4)],
-    }
-    return write_npz(tmp_path / "toy.npz", splits, {})
-
-
-def small(toy_npz: Path, run_dir: Path, **kw) -> tuple[ModelConfig, TrainConfig]:
-    values = {"data": str(toy_npz), "n_hidden": 16, "n_recurrent": 8, "k": 1, "lr": 0.05, "chunk": 12,
-              "batch": 1, "epochs": 4, "seed": 3, "run_dir": str(run_dir), "device": "cpu"}
-    values.update(kw)
-    return resolve_configs(values)
-
-
-def make_trainer(toy_npz, run_dir, callbacks=None, stop=None, **kw) -> Trainer:
-    model_config, config = small(toy_npz, run_dir, **kw)
-    trainer = Trainer(model_config, config, torch.device("cpu"), load_prepared(toy_npz), toy_npz, callbacks, stop)
-    trainer.start_run_dir("test")
-    return trainer
-
+from conftest import make_trainer, run as run_cli
 
 def test_training_makes_structured_frames_more_probable_than_random_ones(toy_npz, tmp_path):
     trainer = make_trainer(toy_npz, tmp_path / "run", epochs=10, batch=4, lr=0.05, k=1, optimizer="adam", n_hidden=24)
@@ -114,7 +61,7 @@ def test_run_directory_and_checkpoint_round_trip(toy_npz, tmp_path):
     for m in lines:
         assert np.isfinite(m["train_monitor"]) and np.isfinite(m["valid_monitor"]) and m["seconds"] > 0
     config = json.loads((run / "config.json").read_text())
-    assert config["model"]["n_hidden"] == 16 and config["train"]["k"] == 1
+    assert config["model"]["n_hidden"] == 16 and config["optim"]["k"] == 1
     payload = torch.load(result.checkpoint, weights_only=True)  # plain tensors and values only
     assert payload["epoch"] == 2
     model, _ = load_model(result.checkpoint)
@@ -198,7 +145,7 @@ def test_config_precedence_and_validation(tmp_path, toy_npz):
     assert r.exit_code == 0, r.output + r.stderr
     out = json.loads(r.stdout)
     config = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert config["model"]["n_hidden"] == 32 and config["train"]["lr"] == 0.01 and config["train"]["k"] == 1
+    assert config["model"]["n_hidden"] == 32 and config["optim"]["lr"] == 0.01 and config["optim"]["k"] == 1
     assert out["epochs"] == 1 and Path(out["checkpoint"]).is_file() and Path(out["best_checkpoint"]).is_file()
     assert set(out["metrics"]) >= {"epoch", "train_monitor", "valid_monitor", "seconds", "frames_per_second"}
 
@@ -211,13 +158,11 @@ def test_config_precedence_and_validation(tmp_path, toy_npz):
 
 
 def test_tutorial_preset_is_the_tutorial():
-    from rnnrbm_cli.train import PRESETS
-
-    model_config, config = resolve_configs(dict(PRESETS["tutorial"]))
-    assert (model_config.n_visible, model_config.n_hidden, model_config.n_recurrent) == (88, 150, 100)
-    assert not model_config.learn_u0
-    assert (config.source, config.dt, config.lr, config.optimizer, config.momentum) == ("midi", 0.3, 0.001, "sgd", 0.0)
-    assert (config.k, config.chunk, config.batch) == (15, 100, 1)
+    s = resolve_settings(dict(PRESETS["tutorial"]))
+    assert (s.model.n_visible, s.model.n_hidden, s.model.n_recurrent) == (88, 150, 100)
+    assert not s.model.learn_u0
+    assert (s.data.source, s.data.dt, s.optim.lr, s.optim.optimizer, s.optim.momentum) == ("midi", 0.3, 0.001, "sgd", 0.0)
+    assert (s.optim.k, s.optim.chunk, s.optim.batch) == (15, 100, 1)
 
 
 def test_cuda_without_cuda_is_a_usage_error(toy_npz, tmp_path):
@@ -233,6 +178,7 @@ def test_resume_refuses_changed_settings(toy_npz, tmp_path):
     assert r.exit_code == 2 and "--lr" in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_to_a_real_train_process_leaves_a_loadable_checkpoint(toy_npz, tmp_path, signum, code):
     run = tmp_path / "run"

@@ -1,0 +1,263 @@
+"""Settings of a training run: one dataclass per concern, presets, and the one merge
+
+    defaults < preset < --config file (TOML, or a run's config.json) < command-line flags.
+
+A settings file may name keys flat (``lr = 0.003``) or by section (``[optim]`` then
+``lr = 0.003``); every key belongs to exactly one section, so both read the same. Unknown
+keys and wrong types are usage errors (exit 2), never silently ignored. A run writes its
+settings by section to ``config.json``, which ``--config`` takes back as it is.
+
+    >>> s = resolve_settings({"lr": 0.003, "n_hidden": 200})
+    >>> s.optim.lr, s.model.n_hidden
+    (0.003, 200)
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from rnnrbm_cli.errors import RnnrbmUsageError
+from rnnrbm_cli.model import ModelConfig
+from rnnrbm_cli.pianoroll import check_dt
+
+__all__ = [
+    "ModelConfig", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "Settings", "PRESETS",
+    "resolve_settings", "merge_settings", "read_settings_file", "settings_from_checkpoint",
+]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Registry name (its benchmark rolls, or its MIDI with source = "midi"), a prepared
+    # .npz, or a folder/zip of MIDI files (prepared with the defaults first).
+    data: str = "nottingham"
+    # For a registry name: "rolls" (the paper's benchmark rolls) or "midi" (the source
+    # MIDI sampled every dt seconds: the tutorial's data).
+    source: str = "rolls"
+    # Seconds per frame when the data is sampled from MIDI; None: the tutorial's 0.3.
+    dt: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in ("rolls", "midi"):
+            raise RnnrbmUsageError(f"source must be rolls or midi, not {self.source!r}.")
+        if self.dt is not None:
+            check_dt(self.dt)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    # Passes over the training split; the tutorial ran 200.
+    epochs: int = 200
+    # Gibbs steps of CD-k; the tutorial's k = 15.
+    k: int = 15
+    # Learning rate; the tutorial's plain SGD used 0.001.
+    lr: float = 0.001
+    # "sgd" (the tutorial) or "adam".
+    optimizer: str = "sgd"
+    # SGD momentum (Nesterov when > 0); the tutorial used none.
+    momentum: float = 0.0
+    # Sequences are cut into chunks of at most this many frames; the tutorial's batch_size = 100.
+    chunk: int = 100
+    # Chunks per update; 1 is the tutorial's scheme (one SGD step per chunk).
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        _check_ranges(self, {
+            "epochs": self.epochs >= 0, "k": self.k >= 1, "lr": self.lr > 0, "momentum": 0 <= self.momentum < 1,
+            "chunk": self.chunk >= 1, "batch": self.batch >= 1,
+        })
+        if self.optimizer not in ("sgd", "adam"):
+            raise RnnrbmUsageError(f"optimizer must be sgd or adam, not {self.optimizer!r}.")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # Estimate the validation log-likelihood every N epochs (0: never); best.pt then follows it.
+    eval_every: int = 0
+    # Validation frames (a fixed random subset) used by that estimate.
+    eval_frames: int = 2000
+    # AIS chains for that estimate (the paper's 100).
+    eval_chains: int = 100
+    # AIS inverse temperatures: 300 is ~0.01 nats from 1000 at a third of the cost
+    # (README, Evaluation), and this runs during training.
+    eval_betas: int = 300
+
+    def __post_init__(self) -> None:
+        _check_ranges(self, {
+            "eval_every": self.eval_every >= 0, "eval_frames": self.eval_frames >= 1,
+            "eval_chains": self.eval_chains >= 1, "eval_betas": self.eval_betas >= 1,
+        })
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # One seed for initialisation, shuffling and Gibbs sampling.
+    seed: int = 1234
+    # Where the run lives; "" means a new runs/<data>-<timestamp>-<id>.
+    run_dir: str = ""
+    # auto, cpu or cuda.
+    device: str = "auto"
+    # Who computes gradients and samples: "torch", "numba" (the compiled CPU kernels) or
+    # "auto" (engines.py decides). The two draw different random numbers, so a seed
+    # reproduces a run only with the same backend.
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", "torch", "numba"):
+            raise RnnrbmUsageError(f"backend must be auto, torch or numba, not {self.backend!r}.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a training run is made from."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """By section, as config.json holds them (run_dir left out: it is where the file is)."""
+        out = {name: asdict(getattr(self, name)) for name in _SECTIONS}
+        out["run"].pop("run_dir")
+        return out
+
+    def flat(self) -> dict[str, Any]:
+        """All settings as one flat mapping (keys are unique across sections)."""
+        return {k: v for name in _SECTIONS for k, v in asdict(getattr(self, name)).items()}
+
+    def with_values(self, **values: Any) -> Settings:
+        """A copy with some flat settings changed (checked like any other)."""
+        return resolve_settings({**self.flat(), **values})
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "eval": EvalConfig, "run": RunConfig,
+}
+_SECTION_OF: dict[str, str] = {f.name: name for name, cls in _SECTIONS.items() for f in fields(cls)}
+_DEFAULTS: dict[str, Any] = {f.name: f.default for cls in _SECTIONS.values() for f in fields(cls)}
+
+
+# The tutorial's exact settings (deeplearning.net rnnrbm.py): Nottingham MIDI sampled
+# every 0.3 s, 150 hidden / 100 recurrent units, plain SGD at 0.001, CD-15, chunks of 100
+# frames, one chunk per update, sequences shuffled every epoch.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tutorial": {
+        "data": "nottingham", "source": "midi", "dt": 0.3, "n_hidden": 150, "n_recurrent": 100,
+        "learn_u0": False, "optimizer": "sgd", "lr": 0.001, "momentum": 0.0, "k": 15,
+        "chunk": 100, "batch": 1,
+    },
+}
+
+
+def _check_ranges(obj: Any, checks: dict[str, bool]) -> None:
+    for name, ok in checks.items():
+        if not ok:
+            raise RnnrbmUsageError(f"{name} = {getattr(obj, name)!r} is out of range.")
+
+
+def _check_type(key: str, value: Any) -> None:
+    default = _DEFAULTS[key]
+    if key == "dt":
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise RnnrbmUsageError(f"setting {key} = {value!r} has the wrong type (expected {type(default).__name__}).")
+
+
+def flatten(values: Mapping[str, Any], where: str = "settings") -> dict[str, Any]:
+    """Flat keys from a mapping that names keys flat, by section, or both; a key in the
+    wrong section, an unknown key or section is a usage error."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in _SECTIONS and isinstance(value, Mapping):
+            for inner, v in value.items():
+                if _SECTION_OF.get(inner) != key:
+                    raise RnnrbmUsageError(f"unknown setting {key}.{inner} in {where}.")
+                flat[inner] = v
+        elif key in _SECTION_OF:
+            flat[key] = value
+        else:
+            raise RnnrbmUsageError(f"unknown setting(s): {key} in {where}.")
+    return flat
+
+
+def resolve_settings(values: Mapping[str, Any]) -> Settings:
+    """Settings from flat (or sectioned) values over the defaults; types and ranges checked.
+
+    An int where a float is expected is accepted; nothing else is converted silently.
+    """
+    flat = flatten(values)
+    per: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    for key, value in flat.items():
+        _check_type(key, value)
+        if isinstance(_DEFAULTS[key], float) and isinstance(value, int):
+            value = float(value)
+        per[_SECTION_OF[key]][key] = value
+    try:
+        return Settings(**{name: cls(**per[name]) for name, cls in _SECTIONS.items()})
+    except ValueError as e:
+        raise RnnrbmUsageError(f"{str(e).rstrip('.')}.") from None
+
+
+def read_settings_file(path: str | Path) -> dict[str, Any]:
+    """The flat settings of a TOML file, or of a run's config.json (by its .json suffix)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".json":
+            doc = json.loads(path.read_text())
+            if not isinstance(doc, dict):
+                raise RnnrbmUsageError(f"{path} does not hold a JSON object of settings.")
+        else:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise RnnrbmUsageError(f"{path} is not valid TOML: {e}.") from None
+    except json.JSONDecodeError as e:
+        raise RnnrbmUsageError(f"{path} is not valid JSON: {e}.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RnnrbmUsageError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}.") from None
+    return flatten(doc, where=str(path))
+
+
+def merge_settings(
+    preset: str | None = None, config_file: str | Path | None = None, flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """defaults < preset < config file < flags (flags that are None count as not given)."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise RnnrbmUsageError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}.")
+        values.update(PRESETS[preset])
+    if config_file is not None:
+        values.update(read_settings_file(config_file))
+    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    return resolve_settings(values)
+
+
+def settings_from_checkpoint(payload: Mapping[str, Any]) -> Settings:
+    """The settings a checkpoint was trained with (``settings`` by section; older files
+    have a flat ``train_config`` beside ``model_config``)."""
+    values: dict[str, Any] = dict(payload.get("model_config") or {})
+    if isinstance(payload.get("settings"), Mapping):
+        values.update(flatten(payload["settings"], where="the checkpoint"))
+    else:
+        values.update(payload.get("train_config") or {})
+    values.pop("model_type", None)
+    return resolve_settings(values)
+
+
+def with_run_dir(settings: Settings, run_dir: str | Path) -> Settings:
+    return replace(settings, run=replace(settings.run, run_dir=str(run_dir)))

@@ -1,0 +1,360 @@
+"""The one place that decides who computes: torch (autograd, any device) or the compiled
+CPU kernels of ``cpu_kernels`` (numba, the same mathematics, several times faster on a CPU).
+
+Three questions go through here, and nothing else in the package asks them:
+
+- ``objective_for(model, data, k=..., backend=..., generator=...)``: a training step's
+  gradients and statistics (``gradients(chunk_ids) -> StepStats``, which leaves the
+  gradient in each parameter's ``.grad``) and the validation monitor (``monitor``);
+- ``sampler_for(model, backend)``: generation (``generate``) and the Gibbs chains that
+  evaluation runs (``gibbs_chain``);
+- ``resolve_backend(backend, model, binary=...)``: which of the two a request for
+  "auto", "torch" or "numba" means for this model and data. ``RNNRBM_NO_NUMBA`` (set and
+  not "0") makes "auto" mean torch; it is read here and nowhere else.
+
+"auto" is numba for a float32 RNN-RBM on the CPU whose data is 0/1 (what the kernels
+assume), torch everywhere else (CUDA, other dtypes, models without kernels). The two
+draw different random numbers, so a seed reproduces a run only with the same backend.
+
+The loop that uses an objective is the same whatever the engine::
+
+    optimizer.zero_grad(set_to_none=False)
+    stats = objective.gradients(chunk_ids)
+    (clip) ; optimizer.step() ; (scheduler.step())
+
+so an optimiser, a learning rate edited in ``param_groups`` or a schedule acts on both.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rnnrbm_cli import model as rbm
+from rnnrbm_cli.chunks import ChunkedData
+from rnnrbm_cli.errors import RnnrbmUsageError
+
+BACKENDS = ("auto", "torch", "numba")
+
+
+@dataclass
+class StepStats:
+    """What one gradient pass over a batch of chunks returns.
+
+    cost, monitor : 0-d tensors (on the model's device; summing them needs no sync),
+        means over the batch's real frames: the CD cost F(v) - F(v~) and the tutorial's
+        reconstruction monitor, in nats.
+    n_frames : real (unpadded) frames in the batch.
+    """
+
+    cost: Tensor
+    monitor: Tensor
+    n_frames: int
+
+
+class Objective(Protocol):
+    backend: str
+
+    def gradients(self, chunk_ids: Tensor) -> StepStats: ...
+
+    def monitor(self, data: ChunkedData, generator: torch.Generator) -> float: ...
+
+    def compile_message(self) -> str | None: ...
+
+    def warm_up(self) -> None: ...
+
+
+class Sampler(Protocol):
+    backend: str
+
+    def generate(self, n: int, steps: int, k: int, primer: Tensor | None, generator: torch.Generator | None) -> Tensor: ...
+
+    def gibbs_chain(self, v: Tensor, W: Tensor, bv: Tensor, bh: Tensor, k: int, generator: torch.Generator | None) -> Tensor: ...
+
+
+# -- choosing ------------------------------------------------------------------------------
+
+
+def _numba_disabled() -> bool:
+    return os.environ.get("RNNRBM_NO_NUMBA", "") not in ("", "0")
+
+
+def _kernels():
+    """The cpu_kernels module, or None when numba is missing (the torch path still works)."""
+    try:
+        from rnnrbm_cli import cpu_kernels
+    except ImportError:
+        return None
+    return cpu_kernels
+
+
+def numba_problem(model: torch.nn.Module, binary: bool = True) -> str | None:
+    """Why the compiled kernels cannot run ``model`` on data that is (or is not) 0/1; None if they can."""
+    if getattr(model, "model_type", None) not in _NUMBA_MODELS:
+        return f"they have no kernels for the {getattr(model, 'model_type', type(model).__name__)} model"
+    first = next(model.parameters())
+    if first.device.type != "cpu" or first.dtype != torch.float32:
+        return f"they run float32 models on the CPU only, not {first.dtype} on {first.device}"
+    if not binary:
+        return "the data has values other than 0 and 1"
+    if _kernels() is None:
+        return "numba is not installed (pip install numba)"
+    return None
+
+
+def resolve_backend(backend: str, model: torch.nn.Module, *, binary: bool = True) -> str:
+    """"torch" or "numba": what ``backend`` ("auto", "torch", "numba") means for this model and data.
+
+    An explicit "numba" that cannot run is a usage error saying why.
+    """
+    if backend not in BACKENDS:
+        raise RnnrbmUsageError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}.")
+    if backend == "torch":
+        return "torch"
+    problem = numba_problem(model, binary)
+    if backend == "auto":
+        return "torch" if problem is not None or _numba_disabled() else "numba"
+    if problem is not None:
+        raise RnnrbmUsageError(f"backend numba cannot be used: {problem}; use backend torch or auto.")
+    return "numba"
+
+
+def objective_for(
+    model: torch.nn.Module, data: ChunkedData, *, k: int, backend: str = "auto", generator: torch.Generator | None = None,
+    valid: ChunkedData | None = None,
+) -> Objective:
+    """The training objective of ``model`` on ``data``: gradients of a batch of its chunks,
+    and the monitor of any ChunkedData. ``generator`` drives the training chains; ``valid``
+    (its 0/1-ness) takes part in the backend choice, since the monitor runs on it too."""
+    binary = data.binary and (valid is None or valid.binary)
+    chosen = resolve_backend(backend, model, binary=binary)
+    return _OBJECTIVES[(model.model_type, chosen)](model, data, k, generator)
+
+
+def sampler_for(model: torch.nn.Module, backend: str = "auto") -> Sampler:
+    """The sampler of ``model`` (generation, Gibbs chains) on the chosen backend."""
+    chosen = resolve_backend(backend, model)
+    return _SAMPLERS[(model.model_type, chosen)](model)
+
+
+# -- torch: the reference, any device --------------------------------------------------------
+
+
+class TorchCD:
+    """CD-k by autograd on padded batches (``RNNRBM.cd_cost``)."""
+
+    backend = "torch"
+
+    def __init__(self, model: rbm.RNNRBM, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
+        self.model, self.data, self.k, self.generator = model, data, k, generator
+
+    def gradients(self, chunk_ids: Tensor) -> StepStats:
+        v, lengths = self.data.batch(chunk_ids)
+        res = self.model.cd_cost(v, lengths, self.k, self.generator)
+        res.cost.backward()
+        return StepStats(res.cost.detach(), res.monitor, res.n_frames)
+
+    @torch.no_grad()
+    def monitor(self, data: ChunkedData, generator: torch.Generator) -> float:
+        total, frames = None, 0
+        for ids in torch.arange(len(data.chunks)).split(256):
+            v, lengths = data.batch(ids)
+            res = self.model.cd_cost(v, lengths, self.k, generator)
+            total = res.monitor * res.n_frames if total is None else total + res.monitor * res.n_frames
+            frames += res.n_frames
+        return float(total) / frames
+
+    def compile_message(self) -> str | None:
+        return None
+
+    def warm_up(self) -> None:
+        pass
+
+
+class TorchSampler:
+    """The model's own reference sampler."""
+
+    backend = "torch"
+
+    def __init__(self, model: rbm.RNNRBM) -> None:
+        self.model = model
+
+    def generate(self, n, steps, k, primer=None, generator=None) -> Tensor:
+        return self.model.generate(n, steps, k, primer, generator)
+
+    def gibbs_chain(self, v, W, bv, bh, k, generator=None) -> Tensor:
+        """k block Gibbs steps from ``v`` (..., n_visible) with biases broadcast against it;
+        one step per call, so that the random numbers of only one step are in memory."""
+        for _ in range(k):
+            v = rbm.gibbs_chain(v, W, bv, bh, 1, generator)
+        return v
+
+
+# -- numba: the compiled CPU kernels ---------------------------------------------------------
+
+# numpy views of a model's parameters and of their .grad tensors, made once per model and
+# reused while the tensors stay the same objects with the same storage (making them costs
+# ~30 us, 2% of a tutorial-sized update).
+_views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _seed(generator: torch.Generator | None) -> np.uint64:
+    # One draw per call: the kernels' streams follow the torch generator's state.
+    return np.uint64(int(torch.randint(0, 2**63 - 1, (), generator=generator)))
+
+
+def _arrays(model: rbm.RNNRBM, grads: bool = False) -> list[np.ndarray]:
+    """The parameters as numpy views, in RNNRBM.PARAMETERS order; with grads=True, then the
+    views of their .grad tensors (created when missing; u0's when it is a fixed buffer is scratch)."""
+    tensors = model.parameter_list()
+    n = len(tensors)
+    cached = _views.get(model)
+    if cached is not None:
+        old_tensors, ptrs, old_grads, arrays = cached
+        if all(t is o and t.data_ptr() == q for t, o, q in zip(tensors, old_tensors, ptrs)) and (
+            not grads or all(t.grad is g for t, g in zip(tensors, old_grads) if t.requires_grad)
+        ):
+            return arrays if grads else arrays[:n]
+    if not grads:
+        return [t.detach().numpy() for t in tensors]
+    grad_tensors = []
+    for t in tensors:
+        if t.requires_grad:
+            if t.grad is None or t.grad.shape != t.shape:
+                t.grad = torch.empty_like(t)
+            grad_tensors.append(t.grad)
+        else:  # u0 when not learned: the kernels still write its gradient somewhere
+            grad_tensors.append(torch.empty_like(t))
+    arrays = [t.detach().numpy() for t in tensors] + [g.numpy() for g in grad_tensors]
+    _views[model] = (tensors, [t.data_ptr() for t in tensors], grad_tensors, arrays)
+    return arrays
+
+
+def numba_cd(model, frames, starts, lengths, k, generator=None, v_neg=None, want_grads=True):
+    """The CD-k cost of chunks of ``frames`` and the tutorial's monitor, by the kernels; the
+    cost's gradient goes into the parameters' ``.grad`` (overwritten, not accumulated).
+
+    The same quantities as ``model.cd_cost`` on the padded batch of those chunks followed
+    by ``cost.backward()``. model : an RNNRBM with float32 parameters on the CPU.
+    frames : np.ndarray, shape=(N, n_visible), float32, values 0/1. starts, lengths :
+    np.ndarray, shape=(B,), int64: chunk b is frames[starts[b] : starts[b] + lengths[b]].
+    k : Gibbs steps. generator : the torch.Generator that one 64-bit seed is drawn from.
+    v_neg : negative samples, shape=(n, n_visible), the chunks' frames in order, to use
+    instead of the chain's (tests). want_grads : False skips the gradient.
+    Returns (cost, monitor, n_frames): cost and monitor are means over the n real frames.
+    """
+    kernels = _kernels()
+    seed = _seed(generator)
+    arrays = _arrays(model, grads=want_grads)
+    if not want_grads:
+        arrays = arrays + [np.empty_like(a) for a in arrays]
+    given = kernels.NO_SAMPLES if v_neg is None else np.ascontiguousarray(v_neg, np.float32)
+    gap, monitor, n = kernels.cd(
+        *arrays[:9], frames, starts, lengths, k, seed, want_grads, given, kernels.numba.get_num_threads(), *arrays[9:],
+    )
+    return gap / n, monitor / n, int(n)
+
+
+class NumbaCD:
+    """CD-k by the compiled kernels: no padded batch, no autograd graph."""
+
+    backend = "numba"
+
+    def __init__(self, model: rbm.RNNRBM, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
+        self.model, self.data, self.k, self.generator = model, data, k, generator
+        self.frames = data.frames.numpy()
+
+    def gradients(self, chunk_ids: Tensor) -> StepStats:
+        starts, lengths = self.data.spans(chunk_ids)
+        cost, monitor, n = numba_cd(self.model, self.frames, starts, lengths, self.k, self.generator)
+        return StepStats(torch.tensor(cost), torch.tensor(monitor), n)
+
+    def monitor(self, data: ChunkedData, generator: torch.Generator) -> float:
+        starts, lengths = data.spans(torch.arange(len(data.chunks)))
+        _, monitor, _ = numba_cd(self.model, data.frames.numpy(), starts, lengths, self.k, generator, want_grads=False)
+        return float(monitor)
+
+    def compile_message(self) -> str | None:
+        if _kernels().compiled_before() is False:
+            return "Compiling the CPU kernels (once per machine, about a minute)..."
+        return None
+
+    def warm_up(self) -> None:
+        """Compile (or load) the kernel on one chunk, with a throwaway generator: the run's
+        random streams and parameters are untouched (only .grad is written)."""
+        starts, lengths = self.data.spans(torch.arange(1))
+        numba_cd(self.model, self.frames, starts, lengths, 1, torch.Generator().manual_seed(0))
+
+
+class NumbaSampler:
+    """Generation and Gibbs chains by the compiled kernels (their own random streams)."""
+
+    backend = "numba"
+
+    def __init__(self, model: rbm.RNNRBM) -> None:
+        self.model = model
+
+    def generate(self, n, steps, k, primer=None, generator=None) -> Tensor:
+        """:meth:`RNNRBM.generate` on the CPU: n sequences of ``steps`` new frames, each from
+        a fresh k-step Gibbs chain started at zeros, after the 0/1 ``primer`` (T0, n_visible)
+        when given. Returns (n, T0 + steps, n_visible) float32 0/1, beginning with the primer.
+        A primer that is not 0/1 goes to the reference sampler."""
+        if primer is not None and not bool(((primer == 0) | (primer == 1)).all()):
+            return self.model.generate(n, steps, k, primer, generator)
+        kernels = _kernels()
+        seed = _seed(generator)
+        W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u0 = _arrays(self.model)
+        n_v, n_u = W.shape[0], Wuu.shape[0]
+        u = u0
+        p = None
+        if primer is not None and primer.shape[0] > 0:
+            p = np.ascontiguousarray(primer.detach().cpu().numpy(), np.float32)
+            T0 = p.shape[0]
+            u_prev = np.empty((T0, n_u), np.float32)
+            u_cur = np.empty((T0, n_u), np.float32)
+            kernels.rnn_serial(Wvu, Wuu, bu, u0, p, np.arange(T0), np.array([0, T0]), u_prev, u_cur)
+            u = u_cur[-1]
+        out = np.empty((n, steps, n_v), np.float32)
+        u_start = np.ascontiguousarray(np.broadcast_to(u, (n, n_u)))
+        pad = kernels.pad_hidden
+        kernels.generate_rows(
+            pad(W), np.ascontiguousarray(W.T), bv, pad(bh.reshape(1, -1))[0], pad(Wuh), Wuv, Wvu, Wuu, bu, u_start, k, seed, out,
+        )
+        result = torch.from_numpy(out)
+        if p is not None:
+            result = torch.cat([torch.from_numpy(p).expand(n, -1, -1), result], dim=1)
+        return result
+
+    def gibbs_chain(self, v, W, bv, bh, k, generator=None) -> Tensor:
+        """k steps of :func:`rnnrbm_cli.model.gibbs_chain` on the CPU from 0/1 ``v``
+        (..., n_visible), biases bv (..., n_visible) and bh (..., n_hidden) broadcast
+        against it (each row its own, or shared). Returns the last v, shaped like ``v``, float32."""
+        kernels = _kernels()
+        shape = v.shape
+        n_v, n_h = W.shape
+        v_np = np.ascontiguousarray(v.detach().cpu().reshape(-1, n_v).numpy(), np.float32)
+        n = v_np.shape[0]
+        W_np = np.ascontiguousarray(W.detach().cpu().numpy(), np.float32)
+        bv_np = np.ascontiguousarray(bv.detach().cpu().expand(*shape[:-1], n_v).reshape(n, n_v).numpy(), np.float32)
+        bh_np = np.ascontiguousarray(bh.detach().cpu().expand(*shape[:-1], n_h).reshape(n, n_h).numpy(), np.float32)
+        out = np.empty((n, n_v), np.float32)
+        blocks = max(1, min(n, 4 * kernels.numba.get_num_threads()))
+        kernels.gibbs_rows(
+            kernels.pad_hidden(W_np), np.ascontiguousarray(W_np.T), bv_np, kernels.pad_hidden(bh_np), v_np, k,
+            _seed(generator), blocks, out,
+        )
+        return torch.from_numpy(out).reshape(shape)
+
+
+# -- what each model has ----------------------------------------------------------------------
+# A new model adds its objective and sampler classes here, one line per (model_type, backend).
+
+_NUMBA_MODELS = {"rnn-rbm"}
+_OBJECTIVES = {("rnn-rbm", "torch"): TorchCD, ("rnn-rbm", "numba"): NumbaCD}
+_SAMPLERS = {("rnn-rbm", "torch"): TorchSampler, ("rnn-rbm", "numba"): NumbaSampler}
