@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from rnnrbm_cli import evaluate as ev
 from rnnrbm_cli.checkpoint import save_checkpoint
-from rnnrbm_cli.cli import _EVAL_DEFAULTS, cli
+from rnnrbm_cli.cli import cli
 from rnnrbm_cli.model import RNNRBM, ModelConfig, free_energy
 
 RANDOM_LL = 88 * math.log(0.5)  # -60.997: every one of the 2**88 frames equally likely
@@ -190,11 +190,6 @@ def test_the_random_row_on_nottingham_test(shared_datasets, tmp_path, monkeypatc
 # --- the command line -----------------------------------------------------------------------
 
 
-def test_cli_defaults_match_the_library():
-    assert _EVAL_DEFAULTS == {"chains": ev.DEFAULT_CHAINS, "betas": ev.DEFAULT_BETAS,
-                              "samples": ev.DEFAULT_SAMPLES, "gibbs": ev.DEFAULT_GIBBS}
-
-
 @pytest.fixture
 def prepared(tmp_path) -> Path:
     from rnnrbm_cli.datasets import FORMAT, write_prepared
@@ -265,9 +260,3 @@ def test_cli_model_and_data_of_different_widths_exit_1(tmp_path, prepared):
     result = run("evaluate", tmp_path / "m.pt", "--data", prepared, "--device", "cpu")
     assert result.exit_code == 1
     assert "visible units" in result.stderr
-
-
-def test_cli_help():
-    result = run("evaluate", "--help")
-    assert result.exit_code == 0
-    assert "--max-frames" in result.output and "Example" in result.output

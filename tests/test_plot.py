@@ -221,9 +221,3 @@ def test_show_without_a_display_writes_the_file_and_says_so(tmp_path: Path, monk
     assert r.exit_code == 0
     assert png_size(tmp_path / "song.png") == (1200, 500)
     assert "no display" in " ".join(r.stderr.split())
-
-
-def test_help_ends_with_an_example():
-    r = run("plot", "--help")
-    assert r.exit_code == 0
-    assert "rnnrbm plot " in r.stdout.split("Example:")[1]

@@ -362,9 +362,3 @@ def test_output_must_be_a_midi_name(tmp_path: Path):
     with pytest.raises(RnnrbmUsageError, match=r"\.mid"):
         output_files(tmp_path / "out.wav", 1)
     assert [f["midi"].name for f in output_files(tmp_path / "x.mid", 1000)][:2] == ["x-0001.mid", "x-0002.mid"]
-
-
-def test_help_ends_with_an_example():
-    r = run("sample", "--help")
-    assert r.exit_code == 0
-    assert "rnnrbm sample " in r.stdout.split("Example:")[1]

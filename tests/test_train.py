@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,6 @@ from click.testing import CliRunner
 from rnnrbm_cli.checkpoint import load_checkpoint, load_model
 from rnnrbm_cli.cli import cli
 from rnnrbm_cli.datasets import load_prepared
-from rnnrbm_cli.config import PRESETS, resolve_settings
 from rnnrbm_cli.model import free_energy
 from rnnrbm_cli.train import (
     Callbacks,
@@ -27,7 +27,7 @@ from rnnrbm_cli.train import (
     resume_trainer,
 )
 
-from conftest import make_trainer, run as run_cli
+from conftest import make_trainer, one_sentence_error, run as run_cli
 
 def test_training_makes_structured_frames_more_probable_than_random_ones(toy_npz, tmp_path):
     trainer = make_trainer(toy_npz, tmp_path / "run", epochs=10, batch=4, lr=0.05, k=1, optimizer="adam", n_hidden=24)
@@ -157,14 +157,6 @@ def test_config_precedence_and_validation(tmp_path, toy_npz):
     assert r.exit_code == 2 and "n_hidden" in r.stderr
 
 
-def test_tutorial_preset_is_the_tutorial():
-    s = resolve_settings(dict(PRESETS["tutorial"]))
-    assert (s.model.n_visible, s.model.n_hidden, s.model.n_recurrent) == (88, 150, 100)
-    assert not s.model.learn_u0
-    assert (s.data.source, s.data.dt, s.optim.lr, s.optim.optimizer, s.optim.momentum) == ("midi", 0.3, 0.001, "sgd", 0.0)
-    assert (s.optim.k, s.optim.chunk, s.optim.batch) == (15, 100, 1)
-
-
 def test_cuda_without_cuda_is_a_usage_error(toy_npz, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -217,3 +209,95 @@ def test_eval_every_records_validation_ll_and_picks_best_by_it(toy_npz, tmp_path
     assert -88 * np.log(2) < ll < 0 and lines[1]["valid_ll_stderr"] > 0
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert best["epoch"] == 2 and best["metrics"]["best"] == {"metric": "valid_ll", "value": ll, "epoch": 2}
+
+
+# -- run directories: settings round trip, ownership, names --------------------------------
+
+
+def test_a_runs_config_json_reproduces_its_first_epoch(toy_npz, tmp_path):
+    first = run_cli("train", "--data", toy_npz, "--epochs", "1", "--n-hidden", "16", "--n-recurrent", "8", "--k", "1",
+                    "--chunk", "12", "--lr", "0.05", "--seed", "5", "--device", "cpu", "--run-dir", tmp_path / "a", "--json")
+    assert first.exit_code == 0, first.stderr
+    again = run_cli("train", "--config", tmp_path / "a" / "config.json", "--run-dir", tmp_path / "b", "--json")
+    assert again.exit_code == 0, again.stderr
+    a, b = (json.loads(r.stdout)["metrics"] for r in (first, again))
+    assert (a["train_monitor"], a["train_cost"], a["valid_monitor"]) == (b["train_monitor"], b["train_cost"], b["valid_monitor"])
+    wa, wb = (load_model(tmp_path / d / "checkpoint.pt")[0].state_dict() for d in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_config_files_may_name_sections_and_refuse_keys_in_the_wrong_one(tmp_path):
+    from rnnrbm_cli.config import merge_settings
+    from rnnrbm_cli.errors import RnnrbmUsageError
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[optim]\nlr = 0.01\n[model]\nn_hidden = 40\n")
+    s = merge_settings("tutorial", cfg, {"k": 3, "lr": None})
+    assert (s.optim.lr, s.model.n_hidden, s.optim.k, s.data.dt) == (0.01, 40, 3, 0.3)
+    cfg.write_text("[optim]\nn_hidden = 40\n")
+    with pytest.raises(RnnrbmUsageError, match="optim.n_hidden"):
+        merge_settings(None, cfg, {})
+
+
+def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(toy_npz, tmp_path):
+    from rnnrbm_cli.rundir import RunLock
+
+    with RunLock(tmp_path / "run", "rnnrbm train --the-first-one"):
+        r = run_cli("train", "--data", toy_npz, "--epochs", "1", "--device", "cpu", "--run-dir", tmp_path / "run")
+        line = one_sentence_error(r, 1)
+        assert "in use by another training process" in line and f"pid {os.getpid()}" in line and "--the-first-one" in line
+        assert not (tmp_path / "run" / "config.json").exists(), "the refused run wrote nothing"
+    r = run_cli("train", "--data", toy_npz, "--epochs", "1", "--n-hidden", "8", "--n-recurrent", "4", "--device", "cpu",
+                "--run-dir", tmp_path / "run")
+    assert r.exit_code == 0, r.stderr
+    with RunLock(tmp_path / "run"):
+        r = run_cli("train", "--resume", tmp_path / "run", "--epochs", "2")
+        assert "in use by another training process" in one_sentence_error(r, 1)
+
+
+@pytest.mark.slow
+def test_the_lock_dies_with_its_process_even_on_kill_9(tmp_path):
+    from rnnrbm_cli.rundir import RunLock
+
+    code = f"from rnnrbm_cli.rundir import RunLock; import time; l = RunLock({str(tmp_path / 'run')!r}); print('held', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        from rnnrbm_cli.errors import RnnrbmError
+
+        with pytest.raises(RnnrbmError, match=f"pid {proc.pid}"):
+            RunLock(tmp_path / "run")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    RunLock(tmp_path / "run").release()  # free again
+
+
+def test_default_run_directories_started_in_the_same_second_differ(tmp_path):
+    from rnnrbm_cli.rundir import new_run_dir
+
+    made = {new_run_dir(tmp_path, "toy") for _ in range(3)}
+    assert len(made) == 3 and all(p.is_dir() and not any(p.iterdir()) for p in made)
+
+
+def test_zero_epochs_writes_the_initial_model_it_prints(toy_npz, tmp_path):
+    r = run_cli("train", "--data", toy_npz, "--epochs", "0", "--n-hidden", "8", "--n-recurrent", "4", "--device", "cpu",
+                "--run-dir", tmp_path / "r")
+    assert r.exit_code == 0, r.stderr
+    path = Path(r.stdout.strip())
+    assert path == tmp_path / "r" / "checkpoint.pt" and load_model(path)[1]["epoch"] == 0
+
+
+def test_divergence_in_the_first_epoch_does_not_claim_a_checkpoint(toy_npz, tmp_path):
+    ref: list = []
+
+    class NaNAtOnce(Callbacks):
+        def on_update(self, epoch, update, n_updates):
+            with torch.no_grad():
+                ref[0].model.W[0, 0] = float("nan")
+
+    trainer = make_trainer(toy_npz, tmp_path / "run", callbacks=NaNAtOnce(), epochs=2)
+    ref.append(trainer)
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been written yet"):
+        trainer.train()

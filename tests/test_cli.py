@@ -1,0 +1,67 @@
+"""The command line as a whole: every command's --help, a bad flag each, and the values the
+CLI spells out (so that --help need not import torch) agreeing with the library's."""
+
+from __future__ import annotations
+
+import pytest
+
+from rnnrbm_cli import cli as cli_module
+
+from conftest import run
+
+COMMANDS = sorted(cli_module.cli.commands)
+
+
+def test_the_commands_are_the_documented_ones():
+    assert COMMANDS == ["datasets", "evaluate", "fetch", "plot", "prepare", "sample", "train"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_ends_with_a_runnable_example(command):
+    r = run(command, "--help")
+    assert r.exit_code == 0, r.stderr
+    assert "Example:" in r.stdout and f"rnnrbm {command}" in r.stdout.split("Example:")[1]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_unknown_flag_is_a_usage_error(command):
+    r = run(command, "--no-such-flag")
+    assert r.exit_code == 2
+    assert "No such option" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--backend", "jax"],
+        ["train", "--epochs", "-1"],
+        ["sample", "x.pt", "y.mid", "--backend", "jax"],
+        ["evaluate", "x.pt", "--backend", "jax"],
+        ["evaluate", "x.pt", "--split", "dev"],
+        ["plot", "x.mid", "--width", "3"],
+        ["prepare", "nottingham", "--dt", "0"],
+    ],
+)
+def test_a_bad_value_is_a_usage_error(args):
+    r = run(*args)
+    assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_the_cli_spells_the_library_values_exactly():
+    from rnnrbm_cli import engines, evaluate, registry
+
+    assert cli_module._BACKENDS == engines.BACKENDS
+    assert cli_module._FORMS == registry.FORMS
+    assert cli_module._EVAL_DEFAULTS == {
+        "chains": evaluate.DEFAULT_CHAINS, "betas": evaluate.DEFAULT_BETAS,
+        "samples": evaluate.DEFAULT_SAMPLES, "gibbs": evaluate.DEFAULT_GIBBS,
+    }
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from rnnrbm_cli.cli import cli; cli(['train', '--help'], standalone_mode=False); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
