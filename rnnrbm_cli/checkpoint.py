@@ -34,6 +34,7 @@ import torch
 from rnnrbm_cli._io import atomic_path
 from rnnrbm_cli.errors import RnnrbmError
 from rnnrbm_cli.model import RNNRBM, ModelConfig
+from rnnrbm_cli.nade import RNNNADE
 
 FORMAT = "rnnrbm-checkpoint"
 VERSION = 1
@@ -42,6 +43,7 @@ DEFAULT_MODEL_TYPE = "rnn-rbm"  # what a checkpoint without model_type holds
 # model_type -> (model class, its config dataclass). A new model adds one line here.
 MODELS: dict[str, tuple[type, type]] = {
     "rnn-rbm": (RNNRBM, ModelConfig),
+    "rnn-nade": (RNNNADE, ModelConfig),
 }
 
 
@@ -86,6 +88,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def model_type_of(payload: dict[str, Any]) -> str:
     """The checkpoint's model_type (rnn-rbm when it predates the field); unknown ones are errors."""
     model_type = payload.get("model_type", DEFAULT_MODEL_TYPE)
+    if not isinstance(model_type, str):
+        model_type = repr(model_type)
     if model_type not in MODELS:
         raise RnnrbmError(f"the checkpoint holds a {model_type!r} model, which this rnnrbm does not know ({', '.join(MODELS)}).")
     return model_type
@@ -95,6 +99,8 @@ def model_config_from(payload: dict[str, Any]):
     """Rebuild the model config a checkpoint stores; unknown keys or wrong types are errors."""
     config_cls = MODELS[model_type_of(payload)][1]
     raw = payload["model_config"]
+    if isinstance(raw, dict) and "model_type" not in raw:  # written before the field existed
+        raw = {**raw, "model_type": model_type_of(payload)}
     known = {f.name for f in fields(config_cls)}
     if not isinstance(raw, dict) or set(raw) - known:
         unknown = sorted(set(raw) - known) if isinstance(raw, dict) else raw
@@ -105,9 +111,9 @@ def model_config_from(payload: dict[str, Any]):
         raise RnnrbmError(f"the checkpoint's model_config is invalid: {e}.") from None
 
 
-def build_model(model_type: str, config, generator: torch.Generator | None = None) -> torch.nn.Module:
-    """A fresh model of ``model_type`` from its config, initialised from ``generator``."""
-    return MODELS[model_type][0](config, generator=generator)
+def build_model(config: ModelConfig, generator: torch.Generator | None = None) -> torch.nn.Module:
+    """A fresh model of ``config.model_type``, initialised from ``generator``."""
+    return MODELS[config.model_type][0](config, generator=generator)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[RNNRBM, dict[str, Any]]:
@@ -117,7 +123,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     that do not fit the config, or that are NaN or infinite, are refused in one sentence.
     """
     payload = load_checkpoint(path, map_location="cpu")
-    model = build_model(model_type_of(payload), model_config_from(payload))
+    config = model_config_from(payload)
+    if config.model_type != model_type_of(payload):
+        raise RnnrbmError(f"{path} is inconsistent: its model_type is {model_type_of(payload)!r} but its model_config says {config.model_type!r}.")
+    model = build_model(config)
     try:
         model.load_state_dict(payload["model_state"])
     except (RuntimeError, TypeError, AttributeError) as e:

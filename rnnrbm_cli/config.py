@@ -255,7 +255,8 @@ def settings_from_checkpoint(payload: Mapping[str, Any]) -> Settings:
         values.update(flatten(payload["settings"], where="the checkpoint"))
     else:
         values.update(payload.get("train_config") or {})
-    values.pop("model_type", None)
+    if "model_type" in payload and "model_type" not in values:
+        values["model_type"] = payload["model_type"]
     return resolve_settings(values)
 
 

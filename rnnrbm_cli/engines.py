@@ -98,6 +98,8 @@ def numba_problem(model: torch.nn.Module, binary: bool = True) -> str | None:
     """Why the compiled kernels cannot run ``model`` on data that is (or is not) 0/1; None if they can."""
     if getattr(model, "model_type", None) not in _NUMBA_MODELS:
         return f"they have no kernels for the {getattr(model, 'model_type', type(model).__name__)} model"
+    if getattr(model, "rnn_kind", "tanh") != "tanh":
+        return f"they compute the tanh recurrence only, not {model.rnn_kind}"
     first = next(model.parameters())
     if first.device.type != "cpu" or first.dtype != torch.float32:
         return f"they run float32 models on the CPU only, not {first.dtype} on {first.device}"
@@ -352,9 +354,62 @@ class NumbaSampler:
         return torch.from_numpy(out).reshape(shape)
 
 
+# -- the RNN-NADE: exact likelihood, torch on any device ---------------------------------------
+
+
+class TorchNLL:
+    """Exact maximum likelihood by autograd (``RNNNADE.nll_cost``); its monitor is the
+    exact log-likelihood per frame."""
+
+    backend = "torch"
+
+    def __init__(self, model, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
+        self.model, self.data = model, data
+
+    def gradients(self, chunk_ids: Tensor) -> StepStats:
+        v, lengths = self.data.batch(chunk_ids)
+        res = self.model.nll_cost(v, lengths)
+        res.cost.backward()
+        return StepStats(res.cost.detach(), res.monitor, res.n_frames)
+
+    @torch.no_grad()
+    def monitor(self, data: ChunkedData, generator: torch.Generator) -> float:
+        from rnnrbm_cli.nade import frames_per_batch
+
+        total, frames = None, 0
+        per = max(1, frames_per_batch(self.model) // max(1, data.chunk))
+        for ids in torch.arange(len(data.chunks)).split(per):
+            v, lengths = data.batch(ids)
+            res = self.model.nll_cost(v, lengths)
+            total = res.monitor * res.n_frames if total is None else total + res.monitor * res.n_frames
+            frames += res.n_frames
+        return float(total) / frames
+
+    def compile_message(self) -> str | None:
+        return None
+
+    def warm_up(self) -> None:
+        pass
+
+
+class NADESampler:
+    """Exact ancestral sampling (``RNNNADE.generate``)."""
+
+    backend = "torch"
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def generate(self, n, steps, k, primer=None, generator=None) -> Tensor:
+        return self.model.generate(n, steps, k, primer, generator)
+
+    def gibbs_chain(self, v, W, bv, bh, k, generator=None) -> Tensor:
+        raise TypeError("an RNN-NADE samples exactly; it has no Gibbs chain")
+
+
 # -- what each model has ----------------------------------------------------------------------
 # A new model adds its objective and sampler classes here, one line per (model_type, backend).
 
 _NUMBA_MODELS = {"rnn-rbm"}
-_OBJECTIVES = {("rnn-rbm", "torch"): TorchCD, ("rnn-rbm", "numba"): NumbaCD}
-_SAMPLERS = {("rnn-rbm", "torch"): TorchSampler, ("rnn-rbm", "numba"): NumbaSampler}
+_OBJECTIVES = {("rnn-rbm", "torch"): TorchCD, ("rnn-rbm", "numba"): NumbaCD, ("rnn-nade", "torch"): TorchNLL}
+_SAMPLERS = {("rnn-rbm", "torch"): TorchSampler, ("rnn-rbm", "numba"): NumbaSampler, ("rnn-nade", "torch"): NADESampler}

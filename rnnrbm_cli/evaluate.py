@@ -319,6 +319,9 @@ def frame_log_likelihoods(
     """
     if method not in ("auto", "exact", "ais"):
         raise ValueError(f"method must be auto, exact or ais, not {method!r}.")
+    hooks = _EXACT_MODELS.get(model.config.model_type)
+    if hooks is not None:  # a model with a tractable likelihood
+        return hooks[0](model, frames, _stage(progress, "exact log-likelihood", len(frames))), None, "exact"
     if method == "auto":
         method = "exact" if model.config.n_hidden <= EXACT_MAX_HIDDEN else "ais"
     W = model.W
@@ -443,6 +446,27 @@ def note_marginals(
     return p
 
 
+def frame_marginals(
+    model: RNNRBM,
+    frames: Frames,
+    *,
+    samples: int = DEFAULT_SAMPLES,
+    gibbs: int = DEFAULT_GIBBS,
+    generator: torch.Generator | None = None,
+    progress: Progress | None = None,
+    sampler: Sampler | None = None,
+) -> Tensor:
+    """Each frame's note probabilities given its true history (N, n_visible): Gibbs chains
+    from the previous true frame for an RNN-RBM (:func:`note_marginals`), exact ancestral
+    samples for a model that has them."""
+    stage = _stage(progress, "note probabilities", len(frames))
+    hooks = _EXACT_MODELS.get(model.config.model_type)
+    if hooks is not None:
+        return hooks[1](model, frames, samples, generator, stage)
+    return note_marginals(model.W, frames.bv, frames.bh, samples=samples, gibbs=gibbs, start=frames.prev,
+                          generator=generator, progress=stage, sampler=sampler)
+
+
 def frame_accuracy(
     model: RNNRBM,
     sequences: Sequence[np.ndarray | Tensor],
@@ -457,9 +481,8 @@ def frame_accuracy(
     """Expected frame-level accuracy (%) of ``sequences``, each frame predicted from its
     true history; marginals from :func:`note_marginals` (chains on ``backend``)."""
     frames = conditional_frames(model, sequences, max_frames=max_frames, generator=generator)
-    p = note_marginals(model.W, frames.bv, frames.bh, samples=samples, gibbs=gibbs, start=frames.prev,
-                       generator=generator, progress=_stage(progress, "note probabilities", len(frames)),
-                       sampler=sampler_for(model, backend))
+    p = frame_marginals(model, frames, samples=samples, gibbs=gibbs, generator=generator, progress=progress,
+                        sampler=sampler_for(model, backend))
     return accuracy_from_marginals(frames.v, p)
 
 
@@ -493,9 +516,8 @@ def evaluate(
         frames = conditional_frames(model, sequences, max_frames=max_frames, generator=generator)
         ll, var, method = frame_log_likelihoods(model, frames, chains=chains, betas=betas, samples=samples,
                                                 gibbs=gibbs, generator=generator, progress=progress, sampler=sampler)
-        p = note_marginals(model.W, frames.bv, frames.bh, samples=samples, gibbs=gibbs, start=frames.prev,
-                           generator=generator, progress=_stage(progress, "note probabilities", len(frames)),
-                           sampler=sampler)
+        p = frame_marginals(model, frames, samples=samples, gibbs=gibbs, generator=generator, progress=progress,
+                            sampler=sampler)
     finally:
         model.train(was_training)
     res = summarise_ll(ll, var, method)
@@ -509,10 +531,54 @@ def evaluate(
         "betas": betas if method == "ais" else None,
         "ais_stderr": res.ais_stderr,
         "samples": samples,
-        "gibbs": gibbs,
+        "gibbs": gibbs if method == "ais" or model.config.model_type == "rnn-rbm" else None,
+        "model_type": model.config.model_type,
         "backend": sampler.backend,
         "seconds": time.perf_counter() - t0,
     }
+
+
+# --- models with an exact likelihood (RNN-NADE) --------------------------------------------
+
+
+@torch.no_grad()
+def _nade_log_likelihoods(model, frames: Frames, progress: Callable[[int], None] | None) -> Tensor:
+    """Exact log p(v_t | history) of every frame (N,)."""
+    from rnnrbm_cli.nade import frames_per_batch
+
+    per = frames_per_batch(model)
+    out = []
+    for first in range(0, len(frames), per):
+        sl = slice(first, first + per)
+        out.append(model.frame_log_prob(frames.v[sl], frames.bv[sl], frames.bh[sl]))
+        if progress is not None:
+            progress(len(out[-1]))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _nade_marginals(model, frames: Frames, samples: int, generator, progress) -> Tensor:
+    """Note marginals (N, n_visible) from ``samples`` exact ancestral samples of each frame
+    given its true history; each sample contributes its notes' conditional probabilities
+    (Rao-Blackwellised: their mean is the marginal, with less noise than the 0/1 notes)."""
+    from rnnrbm_cli.nade import frames_per_batch
+
+    per = max(1, frames_per_batch(model) // samples)
+    p = torch.empty_like(frames.bv)
+    for first in range(0, len(frames), per):
+        stop = min(first + per, len(frames))
+        b = frames.bv[first:stop].repeat_interleave(samples, 0)
+        c = frames.bh[first:stop].repeat_interleave(samples, 0)
+        _, probs = model.sample_frames(b, c, generator)
+        p[first:stop] = probs.view(stop - first, samples, -1).mean(1)
+        if progress is not None:
+            progress(stop - first)
+    return p
+
+
+# model_type -> (exact per-frame log-likelihoods, note marginals): the evaluation hook of a
+# model whose likelihood is tractable; the RNN-RBM (AIS, Gibbs) is the default path.
+_EXACT_MODELS = {"rnn-nade": (_nade_log_likelihoods, _nade_marginals)}
 
 
 def evaluate_checkpoint(

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnrbm_cli.recurrence import Recurrent
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -32,14 +34,27 @@ class ModelConfig:
     n_recurrent: int = 100
     # Learn the initial state u(0), as the paper does; the tutorial fixes u(0) = 0.
     learn_u0: bool = False
+    # Which model: "rnn-rbm" (this module) or "rnn-nade" (nade.py); checkpoint.MODELS maps it.
+    model_type: str = "rnn-rbm"
+    # The recurrence: "tanh" (the tutorial), "sigmoid" (the paper), "lstm" or "gru".
+    rnn: str = "tanh"
 
     def __post_init__(self) -> None:
+        from rnnrbm_cli.recurrence import RNN_KINDS
+
         for name in ("n_visible", "n_hidden", "n_recurrent"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
         if not isinstance(self.learn_u0, bool):
             raise ValueError(f"learn_u0 must be true or false, not {self.learn_u0!r}")
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, not {self.model_type!r}")
+        if self.rnn not in RNN_KINDS:
+            raise ValueError(f"rnn must be one of {', '.join(RNN_KINDS)}, not {self.rnn!r}")
+
+
+MODEL_TYPES = ("rnn-rbm", "rnn-nade")
 
 
 @dataclass
@@ -122,8 +137,9 @@ def length_mask(lengths: Tensor, T: int) -> Tensor:
 # --- the model -------------------------------------------------------------------------
 
 
-class RNNRBM(nn.Module):
-    """The RNN-RBM: parameters W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu (and u0 if learned).
+class RNNRBM(Recurrent):
+    """The RNN-RBM: parameters W, bv, bh, Wuh, Wuv and the recurrence's (Wvu, Wuu, bu, and
+    u0 if learned, for tanh and sigmoid; torch's cell for lstm and gru).
 
     ``generator`` seeds the initialisation (a local ``torch.Generator``: building a model
     never touches the global seed); default: torch's global generator.
@@ -132,7 +148,7 @@ class RNNRBM(nn.Module):
     # The checkpoint's model_type; checkpoint.MODELS maps it back to this class.
     model_type = "rnn-rbm"
     # The one documented list of the parameters in the order compiled code takes them
-    # (engines.py hands them over as arrays; nothing else reads them by name):
+    # (engines.py hands them over as arrays, for the tanh recurrence; nothing else reads them by name):
     # W (n_visible, n_hidden), bv (n_visible,), bh (n_hidden,), Wuh (n_recurrent, n_hidden),
     # Wuv (n_recurrent, n_visible), Wvu (n_visible, n_recurrent), Wuu (n_recurrent,
     # n_recurrent), bu (n_recurrent,), u0 (n_recurrent,) (a fixed zero buffer unless learned).
@@ -152,15 +168,7 @@ class RNNRBM(nn.Module):
         self.bh = nn.Parameter(torch.zeros(n_h))
         self.Wuh = nn.Parameter(normal(n_u, n_h, sd=0.0001))
         self.Wuv = nn.Parameter(normal(n_u, n_v, sd=0.0001))
-        self.Wvu = nn.Parameter(normal(n_v, n_u, sd=0.0001))
-        self.Wuu = nn.Parameter(normal(n_u, n_u, sd=0.0001))
-        self.bu = nn.Parameter(torch.zeros(n_u))
-        if config.learn_u0:
-            self.u0 = nn.Parameter(torch.zeros(n_u))
-        else:
-            self.register_buffer("u0", torch.zeros(n_u), persistent=False)
-        # rnn_tanh adds two bias vectors; ours has one (bu), so the second is a fixed zero.
-        self.register_buffer("_zero_bias", torch.zeros(n_u), persistent=False)
+        self._init_recurrence(config.rnn, n_v, n_u, config.learn_u0, normal, generator)
 
     def parameter_list(self) -> list[Tensor]:
         """The tensors named by ``PARAMETERS``, in that order (u0 may be a buffer)."""
@@ -168,28 +176,13 @@ class RNNRBM(nn.Module):
 
     # -- the deterministic RNN ----------------------------------------------------------
 
-    def recurrence(self, v: Tensor, u_init: Tensor | None = None) -> Tensor:
-        """u(1..T) for frames v(1..T).
-
-        v : (B, T, n_visible); u_init : (B, n_recurrent), default u(0). Returns
-        (B, T, n_recurrent). Uses the fused tanh-RNN kernel (cuDNN on CUDA), which
-        computes exactly u(t) = tanh(bu + u(t-1) Wuu + v(t) Wvu).
-        """
-        B = v.shape[0]
-        if u_init is None:
-            u_init = self.u0.expand(B, -1)
-        params = [self.Wvu.t(), self.Wuu.t(), self.bu, self._zero_bias]
-        out, _ = torch.rnn_tanh(v, u_init.unsqueeze(0).contiguous(), params, True, 1, 0.0, self.training, False, True)
-        return out
-
     def conditional_biases(self, v: Tensor) -> tuple[Tensor, Tensor]:
         """bv(t), bh(t) for every frame of v, each computed from u(t-1) (the past only).
 
         v : (B, T, n_visible). Returns bv_t (B, T, n_visible) and bh_t (B, T, n_hidden).
         """
-        u = self.recurrence(v)
         # u(t-1), not u(t): the RBM at t sees only frames before t.
-        u_prev = torch.cat([self.u0.expand(v.shape[0], 1, -1), u[:, :-1]], dim=1)
+        u_prev = self.previous_outputs(v)
         return self.bv + u_prev @ self.Wuv, self.bh + u_prev @ self.Wuh
 
     # -- training -----------------------------------------------------------------------
@@ -261,20 +254,20 @@ class RNNRBM(nn.Module):
         """
         device = self.W.device
         n_v = self.config.n_visible
-        u = self.u0.expand(n, -1)
+        state = self.initial_state(n)
         frames = []
         if primer is not None and primer.shape[0] > 0:
             p = primer.to(device=device, dtype=self.W.dtype).expand(n, -1, -1)
-            u = self.recurrence(p)[:, -1]
+            state = self.run_recurrence(p)[1]
             frames.append(p)
-        Wvu, Wuu = self.Wvu, self.Wuu
         out = torch.empty((n, steps, n_v), device=device, dtype=self.W.dtype)
         for t in range(steps):
+            u = state[0]
             bv_t = self.bv + u @ self.Wuv
             bh_t = self.bh + u @ self.Wuh
             v = gibbs_chain(torch.zeros(n, n_v, device=device), self.W, bv_t, bh_t, k, generator)
             out[:, t] = v
-            u = torch.tanh(self.bu + u @ Wuu + v @ Wvu)
+            state = self.step(v, state)
         frames.append(out)
         return torch.cat(frames, dim=1)
 

@@ -25,7 +25,6 @@ from rnnrbm_cli import rundir
 from rnnrbm_cli.checkpoint import (
     build_model,
     load_checkpoint,
-    model_type_of,
     save_checkpoint,
 )
 from rnnrbm_cli.chunks import ChunkedData
@@ -121,9 +120,8 @@ class Trainer:
         data_path: Path | None = None,
         callbacks: Callbacks | None = None,
         stop: StopFlag | None = None,
-        model_type: str = "rnn-rbm",
     ) -> None:
-        self.settings, self.device, self.model_type = settings, device, model_type
+        self.settings, self.device = settings, device
         self.callbacks = callbacks or Callbacks()
         self.stop = stop or StopFlag()
         self.data_meta = _data_meta(data, data_path)
@@ -134,7 +132,7 @@ class Trainer:
         self.valid_sequences = valid
         seed = settings.run.seed
         # A local generator: building the model never touches torch's global seed.
-        self.model = build_model(model_type, settings.model, torch.Generator().manual_seed(seed)).to(device)
+        self.model = build_model(settings.model, torch.Generator().manual_seed(seed)).to(device)
         self.optimizer = self._make_optimizer()
         self.shuffle_gen = torch.Generator().manual_seed(seed)
         self.gibbs_gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -159,7 +157,7 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         return {
-            "model_type": self.model_type,
+            "model_type": self.settings.model.model_type,
             "model_config": asdict(self.settings.model),
             "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "settings": self.settings.sections(),
@@ -400,7 +398,7 @@ def resume_trainer(run_dir, device, epochs=None, command="", callbacks=None, sto
         from rnnrbm_cli.datasets import checkpoint_data, load_prepared
 
         path = checkpoint_data(payload, cache_dir=cache_dir, mirror=mirror)
-        trainer = Trainer(settings, device, load_prepared(path), path, callbacks, stop, model_type_of(payload))
+        trainer = Trainer(settings, device, load_prepared(path), path, callbacks, stop)
         trainer.load_state(payload)
         rundir.trim_metrics(run_dir, trainer.epoch)
         rundir.append_command(run_dir, command)

@@ -1,0 +1,133 @@
+"""The RNN-NADE (Boulanger-Lewandowski et al. 2012, Sec. 4; NADE: Larochelle & Murray 2011).
+
+The conditional RBM of the RNN-RBM is replaced by a NADE over the 88 notes of frame t,
+whose biases come from the RNN's previous state u(t-1) as the RBM's do::
+
+    b(t) = bv + u(t-1) Wuv           c(t) = bh + u(t-1) Wuh
+    h_i(t) = sigmoid(c(t) + sum_{j<i} v_j(t) W[j])                  (n_hidden,)
+    p(v_i(t) = 1 | v_<i(t), past) = sigmoid(b_i(t) + V[i] . h_i(t))
+
+W and V, shape (n_visible, n_hidden), are shared across time. The likelihood is exact, so
+training is exact maximum likelihood (BPTT through the RNN, no CD), evaluation needs no
+AIS and sampling is exact, note by note. All notes of all frames are computed at once by
+an exclusive cumulative sum over notes; no Python loop runs over notes or frames except in
+sampling, which is sequential by nature.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnrbm_cli.model import CDResult, ModelConfig, length_mask
+from rnnrbm_cli.recurrence import Recurrent
+
+# Frames of a (frames, n_visible, n_hidden) working tensor at once: ~0.5 GB in float32
+# at the default sizes, bounding memory of evaluation and sampling, not the results.
+_FRAMES_BUDGET = 1 << 25
+
+
+class RNNNADE(Recurrent):
+    """The RNN-NADE: W, V, bv, bh, Wuh, Wuv and the recurrence (see recurrence.py)."""
+
+    model_type = "rnn-nade"
+
+    def __init__(self, config: ModelConfig = ModelConfig(model_type="rnn-nade"), generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.config = config
+        n_v, n_h, n_u = config.n_visible, config.n_hidden, config.n_recurrent
+
+        def normal(*shape: int, sd: float) -> Tensor:
+            return torch.randn(*shape, generator=generator) * sd
+
+        self.W = nn.Parameter(normal(n_v, n_h, sd=0.01))
+        self.V = nn.Parameter(normal(n_v, n_h, sd=0.01))
+        self.bv = nn.Parameter(torch.zeros(n_v))
+        self.bh = nn.Parameter(torch.zeros(n_h))
+        self.Wuh = nn.Parameter(normal(n_u, n_h, sd=0.0001))
+        self.Wuv = nn.Parameter(normal(n_u, n_v, sd=0.0001))
+        self._init_recurrence(config.rnn, n_v, n_u, config.learn_u0, normal, generator)
+
+    def conditional_biases(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """b(t), c(t) for every frame of v (B, T, n_visible), each from u(t-1): (B, T, n_visible), (B, T, n_hidden)."""
+        u_prev = self.previous_outputs(v)
+        return self.bv + u_prev @ self.Wuv, self.bh + u_prev @ self.Wuh
+
+    # -- the NADE of one frame ------------------------------------------------------------
+
+    def note_logits(self, v: Tensor, b: Tensor, c: Tensor) -> Tensor:
+        """logit p(v_i = 1 | v_<i) for every note of frames v (..., n_visible) with biases
+        b (..., n_visible), c (..., n_hidden). Returns (..., n_visible)."""
+        contrib = v.unsqueeze(-1) * self.W  # (..., n_v, n_h): v_j W[j]
+        # exclusive cumulative sum over notes: note i sees v_<i only
+        a = c.unsqueeze(-2) + contrib.cumsum(-2) - contrib
+        return b + (torch.sigmoid(a) * self.V).sum(-1)
+
+    def frame_log_prob(self, v: Tensor, b: Tensor, c: Tensor) -> Tensor:
+        """Exact log p(v | biases) of frames v (..., n_visible), in nats: (...)."""
+        return -F.binary_cross_entropy_with_logits(self.note_logits(v, b, c), v, reduction="none").sum(-1)
+
+    @torch.no_grad()
+    def sample_frames(self, b: Tensor, c: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Exact ancestral samples of frames with biases b (N, n_visible), c (N, n_hidden).
+
+        Returns the samples (N, n_visible) 0/1 and each note's probability given the notes
+        sampled before it (N, n_visible): its mean over samples is the note's marginal.
+        """
+        N, n_v = b.shape
+        a = c.clone()
+        v = torch.empty_like(b)
+        p = torch.empty_like(b)
+        uniform = torch.rand((N, n_v), generator=generator, device=b.device, dtype=b.dtype)
+        for i in range(n_v):
+            p[:, i] = torch.sigmoid(b[:, i] + torch.sigmoid(a) @ self.V[i])
+            v[:, i] = (uniform[:, i] < p[:, i]).to(b.dtype)
+            a = a + v[:, i : i + 1] * self.W[i]
+        return v, p
+
+    # -- training -----------------------------------------------------------------------
+
+    def nll_cost(self, v: Tensor, lengths: Tensor | None = None) -> CDResult:
+        """Mean negative log-likelihood per real frame of a padded batch v (B, T, n_visible);
+        ``cost.backward()`` gives the exact gradient. The monitor is the mean log-likelihood."""
+        B, T, _ = v.shape
+        b, c = self.conditional_biases(v)
+        logp = self.frame_log_prob(v, b, c)  # (B, T)
+        if lengths is None:
+            n_frames = B * T
+            total = logp.sum()
+        else:
+            n_frames = int(lengths.sum())
+            total = (logp * length_mask(lengths, T)).sum()
+        cost = -total / n_frames
+        return CDResult(cost=cost, monitor=(-cost).detach(), n_frames=n_frames)
+
+    # -- generation ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, n: int, steps: int, k: int = 0, primer: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """n sequences, each frame sampled exactly given the history (``k`` is unused: no
+        Gibbs chain). With a ``primer`` (T0, n_visible) the result begins with it.
+        Returns (n, T0 + steps, n_visible) float 0/1."""
+        device, dtype = self.W.device, self.W.dtype
+        state = self.initial_state(n)
+        frames = []
+        if primer is not None and primer.shape[0] > 0:
+            p = primer.to(device=device, dtype=dtype).expand(n, -1, -1)
+            state = self.run_recurrence(p)[1]
+            frames.append(p)
+        out = torch.empty((n, steps, self.config.n_visible), device=device, dtype=dtype)
+        for t in range(steps):
+            u = state[0]
+            v, _ = self.sample_frames(self.bv + u @ self.Wuv, self.bh + u @ self.Wuh, generator)
+            out[:, t] = v
+            state = self.step(v, state)
+        frames.append(out)
+        return torch.cat(frames, dim=1)
+
+
+def frames_per_batch(model: RNNNADE) -> int:
+    """Frames whose (n_visible, n_hidden) working tensors fit the memory budget at once."""
+    return max(1, _FRAMES_BUDGET // (model.config.n_visible * model.config.n_hidden))
