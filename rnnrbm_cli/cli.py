@@ -87,17 +87,14 @@ _cache_dir_option = click.option(
 )
 
 
-def _select_datasets(registry_: dict, names: tuple[str, ...], param: str = "NAME") -> list:
-    """The registry entries called ``names`` (all if none), or a usage error naming the known ones."""
+def _select_datasets(names: tuple[str, ...]) -> list:
+    """The registry entries called ``names`` (all if none); an unknown name is a usage error
+    (exit 2) naming the known ones, the same sentence as from prepare, train or evaluate."""
+    from rnnrbm_cli import registry
+
     if not names:
-        return list(registry_.values())
-    unknown = [n for n in names if n not in registry_]
-    if unknown:
-        raise click.BadParameter(
-            f"unknown dataset {unknown[0]!r}; known datasets: {', '.join(registry_)}.",
-            param_hint=param,
-        )
-    return [registry_[n] for n in dict.fromkeys(names)]
+        return list(registry.load_registry().values())
+    return [registry.get_dataset(n) for n in dict.fromkeys(names)]
 
 
 def _human_size(n: int) -> str:
@@ -183,8 +180,9 @@ def _show_datasets(selected: list, cache_dir: Path | None, as_json: bool) -> Non
     "forms",
     multiple=True,
     type=click.Choice(_FORMS),
-    help="Fetch only files of this form (repeatable). [default: every file]",
+    help="Fetch only files of this form (repeatable). [default: what prepare reads, the rolls]",
 )
+@click.option("--all-forms", is_flag=True, help="Fetch every file of each dataset: rolls, pickle and MIDI.")
 @click.option(
     "--mirror",
     metavar="DIR_OR_URL",
@@ -200,6 +198,7 @@ def fetch_cmd(
     names: tuple[str, ...],
     all_: bool,
     forms: tuple[str, ...],
+    all_forms: bool,
     mirror: str | None,
     cache_dir: Path | None,
     force: bool,
@@ -208,14 +207,17 @@ def fetch_cmd(
 ) -> None:
     """Download dataset files into the cache and verify them; print their paths.
 
-    Each file is taken from the mirror, else from the URLs in datasets.toml in order,
-    and kept only if its size and sha256 match the registry. Files already cached and
-    verified are not downloaded again (unless --force). With --all, datasets that have
-    no file of the --form asked for are skipped.
+    By default only what `rnnrbm prepare NAME` reads is fetched, the benchmark rolls;
+    the other files (the original pickle, the source MIDI) come with --all-forms or
+    --form, and the command says which were left. Each file is taken from the mirror,
+    else from the URLs in datasets.toml in order, and kept only if its size and sha256
+    match the registry. Files already cached and verified are not downloaded again
+    (unless --force). With --all, datasets that have no file of the --form asked for
+    are skipped.
 
     \b
     Example:
-      rnnrbm fetch nottingham --form rolls --mirror ../shared/datasets
+      rnnrbm fetch nottingham --mirror ../shared/datasets
     """
     from rnnrbm_cli import registry
 
@@ -223,8 +225,9 @@ def fetch_cmd(
         raise click.UsageError("give dataset names or --all, not both.")
     if not names and not all_ and not list_:
         raise click.UsageError("name a dataset to fetch, or pass --all (see `rnnrbm fetch --list`).")
-    known = registry.load_registry()
-    selected = _select_datasets(known, names)
+    if forms and all_forms:
+        raise click.UsageError("give --form or --all-forms, not both.")
+    selected = _select_datasets(names)
     if list_:
         _show_datasets(selected, cache_dir, as_json)
         return
@@ -242,9 +245,11 @@ def fetch_cmd(
     reports: list[dict] = []
     failures: list[str] = []
     for dataset in selected:
+        wanted = list(registry.FORMS) if all_forms else list(forms) if forms else [dataset.default_form]
+        left = [f for f in dataset.files if f.form not in wanted]
         try:
             results = registry.fetch(
-                dataset, forms=forms or None, mirror=mirror, cache_dir=cache_dir, force=force
+                dataset, forms=wanted, mirror=mirror, cache_dir=cache_dir, force=force
             )
         except registry.FetchError as e:
             results = e.results
@@ -261,6 +266,13 @@ def fetch_cmd(
                 )
             if not as_json:
                 click.echo(str(r.path))
+        if left and not forms:
+            shown = ", ".join(f"{f.name} ({f.form})" for f in left)
+            err_console.print(
+                f"· not fetched: {escape(shown)}; `rnnrbm prepare {escape(dataset.name)}` reads only the "
+                f"{dataset.default_form}: pass --all-forms to fetch them too.",
+                soft_wrap=True,
+            )
         reports.append(
             {
                 "dataset": dataset.name,
@@ -274,6 +286,7 @@ def fetch_cmd(
                     }
                     for r in results
                 ],
+                "not_fetched": [f.name for f in left],
             }
         )
     if failures:
@@ -318,6 +331,12 @@ def _split_ratios(ctx, param, value):
     return ratios
 
 
+# pianoroll.MAX_FRAMES and MAX_MIDI_BYTES (in MiB), spelled out so that `--help` need not
+# import pretty_midi; tests/test_datasets.py checks that they agree.
+_MAX_FRAMES = 100_000
+_MAX_MEMBER_MB = 2
+
+
 @cli.command()
 @click.argument("name_or_path")
 @click.option("--source", "source_kind", type=click.Choice(["rolls", "pickle", "midi"]),
@@ -328,21 +347,29 @@ def _split_ratios(ctx, param, value):
               help="MIDI only: frames per beat (quarter note), following the tempo map.")
 @click.option("--transpose", type=click.Choice(["none", "c"]), default=None,
               help="MIDI only: transpose each file to C major / C minor (default none).")
+@click.option("--pedal", is_flag=True, default=False,
+              help="MIDI only: hold notes while the sustain pedal (CC 64) is down (default: notes end at note-off).")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Output .npz (default: in the cache, named after the source and grid).")
 @click.option("--split-ratios", callback=_split_ratios, default=None, metavar="TRAIN,VALID,TEST",
               help="Unsplit MIDI folder only: shares of a seeded shuffle (default 0.8,0.1,0.1).")
 @click.option("--seed", type=int, default=None, help="Unsplit MIDI folder only: seed of that shuffle (default 0).")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None,
+              help=f"Skip a MIDI file whose roll would have more frames than this (default {_MAX_FRAMES:,}).")
+@click.option("--max-member-mb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help=f"Skip a MIDI file or zip member larger than this many MiB once inflated (default {_MAX_MEMBER_MB}).")
 @click.option("--mirror", default=None, help="Folder or URL base tried before the registry URLs [$RNNRBM_MIRROR].")
 @_cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the path.")
-def prepare(name_or_path, source_kind, dt, beat_division, transpose, out, split_ratios, seed, mirror,
-            cache_dir, as_json):
+def prepare(name_or_path, source_kind, dt, beat_division, transpose, pedal, out, split_ratios, seed, max_frames,
+            max_member_mb, mirror, cache_dir, as_json):
     """Turn a dataset or MIDI files into train/valid/test piano-rolls (.npz).
 
     NAME_OR_PATH is a registry dataset (fetched first if need be), a .mat of rolls, an
     original .pickle, a .zip of MIDI files in <Name>/{train,valid,test}/, or a folder of
-    your own MIDI files. Prints the path of the .npz; a summary goes to stderr.
+    your own MIDI files. Prints the path of the .npz; a summary goes to stderr. A MIDI
+    file that cannot be read, is larger than --max-member-mb or would be longer than
+    --max-frames is skipped with a warning naming it, and the rest are prepared.
 
     \b
     Example:
@@ -358,10 +385,15 @@ def prepare(name_or_path, source_kind, dt, beat_division, transpose, out, split_
 
     # Options that do not fit the source (e.g. --dt for gridded rolls) raise
     # RnnrbmUsageError: the group prints it and exits 2.
+    limits = {}
+    if max_frames is not None:
+        limits["max_frames"] = max_frames
+    if max_member_mb is not None:
+        limits["max_member_bytes"] = max(1, int(max_member_mb * 2**20))
     result = prepare_data(
         name_or_path, source_kind=source_kind, dt=dt, beat_division=beat_division,
-        transpose=transpose, out=out, cache_dir=cache_dir, mirror=mirror,
-        split_ratios=split_ratios, seed=seed, on_warning=warn,
+        transpose=transpose, pedal=pedal, out=out, cache_dir=cache_dir, mirror=mirror,
+        split_ratios=split_ratios, seed=seed, on_warning=warn, **limits,
     )
     if as_json:
         print_json(result.as_json())
@@ -388,24 +420,36 @@ def _print_prepare_summary(result) -> None:
     for split, counts in result.splits.items():
         table.add_row(split, f"{counts['sequences']:,}", f"{counts['frames']:,}")
     err_console.print(table)
+    pedal = "" if meta.get("pedal") is None else f"sustain pedal: {'held' if meta['pedal'] else 'ignored'}; "
     err_console.print(
-        f"grid: {grid}; transpose: {meta['transpose'] or 'unknown'}; "
+        f"grid: {grid}; transpose: {meta['transpose'] or 'unknown'}; {pedal}"
         f"skipped files: {len(result.skipped_files)}; notes out of range dropped: {meta['dropped_notes']:,}",
         soft_wrap=True,
     )
+
+
+# engines.BACKENDS, spelled out so that `--help` need not import torch; tests/test_cli.py
+# checks that the two agree.
+_BACKENDS = ("auto", "torch", "numba")
+_backend_option = click.option(
+    "--backend", type=click.Choice(_BACKENDS), default="auto", show_default=True,
+    help="Who samples: auto (the compiled CPU kernels on CPU, torch on CUDA), torch or numba.",
+)
 
 
 # == train ================================================================================
 
 
 @cli.command()
-@click.option("--data", help="Registry name or prepared .npz file.  [default: nottingham]")
+@click.option("--data", help="Registry name, prepared .npz, or a MIDI folder/zip (prepared first).  [default: nottingham]")
 @click.option("--source", type=click.Choice(["rolls", "midi"]), help="For a registry name: the benchmark rolls or the source MIDI.  [default: rolls]")
 @click.option("--dt", type=click.FloatRange(min=0, min_open=True), help="Seconds per frame with --source midi.  [default: 0.3]")
 @click.option("--epochs", type=click.IntRange(min=0), help="Passes over the training split (total, also with --resume).  [default: 200]")
 @click.option("--device", help="auto, cpu or cuda.  [default: auto]")
 @click.option("--seed", type=int, help="Seed for initialisation, shuffling and sampling.  [default: 1234]")
-@click.option("--n-hidden", type=click.IntRange(min=1), help="RBM hidden units.  [default: 150]")
+@click.option("--model", "model_type", type=click.Choice(["rnn-rbm", "rnn-nade"]), help="The model: RNN-RBM (CD-k) or RNN-NADE (exact likelihood).  [default: rnn-rbm]")
+@click.option("--rnn", type=click.Choice(["tanh", "sigmoid", "lstm", "gru"]), help="The recurrence (the compiled CPU kernels run tanh only).  [default: tanh]")
+@click.option("--n-hidden", type=click.IntRange(min=1), help="RBM (or NADE) hidden units.  [default: 150]")
 @click.option("--n-recurrent", type=click.IntRange(min=1), help="RNN units.  [default: 100]")
 @click.option("--learn-u0/--no-learn-u0", default=None, help="Learn the initial RNN state (the paper) instead of u(0) = 0.")
 @click.option("--k", type=click.IntRange(min=1), help="Gibbs steps of CD-k.  [default: 15]")
@@ -418,17 +462,17 @@ def _print_prepare_summary(result) -> None:
 @click.option("--eval-frames", type=click.IntRange(min=1), help="Validation frames for that estimate.  [default: 2000]")
 @click.option("--eval-chains", type=click.IntRange(min=1), help="AIS chains for that estimate.  [default: 100]")
 @click.option("--eval-betas", type=click.IntRange(min=1), help="AIS inverse temperatures for that estimate.  [default: 300]")
-@click.option("--backend", type=click.Choice(["auto", "torch", "numba"]), help="auto: the compiled CPU kernels on CPU, torch on CUDA.  [default: auto]")
-@click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory.  [default: runs/<data>-<timestamp>]")
+@click.option("--backend", type=click.Choice(_BACKENDS), help="Who computes: auto (the compiled CPU kernels on CPU, torch on CUDA), torch or numba.  [default: auto]")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory.  [default: a new runs/<data>-<timestamp>]")
 @click.option("--preset", type=click.Choice(["tutorial"]), help="Start from a named set of settings (flags and --config override it).")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="TOML file of settings (flags override it).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="TOML file of settings, or a run's config.json (flags override it).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
 @click.option("--mirror", help="Local folder or URL to fetch data from first.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Download and prepared-data cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @click.pass_context
 def train(ctx, preset, config_file, resume, mirror, cache_dir, as_json, **flags):
-    """Train the RNN-RBM and write a run directory.
+    """Train an RNN-RBM (or RNN-NADE) and write a run directory.
 
     The run directory holds config.json, command.txt, metrics.jsonl, checkpoint.pt
     (latest) and best.pt. Ctrl+C checkpoints and tells you how to resume.
@@ -440,10 +484,15 @@ def train(ctx, preset, config_file, resume, mirror, cache_dir, as_json, **flags)
       rnnrbm train --resume runs/nottingham-20261124-120000 --epochs 300
     """
     import signal
-    import tomllib
 
+    from rnnrbm_cli.config import merge_settings
     from rnnrbm_cli.device import resolve_device
-    from rnnrbm_cli.train import PRESETS, StopFlag, TrainingInterrupted, new_trainer, resolve_configs, resume_trainer
+    from rnnrbm_cli.train import (
+        StopFlag,
+        TrainingInterrupted,
+        new_trainer,
+        resume_trainer,
+    )
 
     given = {k: v for k, v in flags.items() if v is not None}
     command = " ".join(["rnnrbm", *[_shell_quote(a) for a in sys.argv[1:]]])
@@ -452,16 +501,8 @@ def train(ctx, preset, config_file, resume, mirror, cache_dir, as_json, **flags)
         if extra:
             raise click.UsageError(f"--resume continues a run with its own settings; only --epochs and --device may be given (not {', '.join('--' + e.replace('_', '-') for e in extra)}).")
     else:
-        values = dict(PRESETS[preset]) if preset else {}
-        if config_file:
-            try:
-                with open(config_file, "rb") as f:
-                    values.update(tomllib.load(f))
-            except tomllib.TOMLDecodeError as e:
-                raise click.UsageError(f"{config_file} is not valid TOML: {e}.")
-        values.update(given)
-        model_config, config = resolve_configs(values)
-    device = resolve_device(given.get("device") or ("auto" if resume else config.device))
+        settings = merge_settings(preset, config_file, given)
+    device = resolve_device(given.get("device") or ("auto" if resume else settings.run.device))
 
     stop = StopFlag()
     callbacks = _TrainProgress(as_json)
@@ -470,14 +511,12 @@ def train(ctx, preset, config_file, resume, mirror, cache_dir, as_json, **flags)
         if resume:
             trainer = resume_trainer(resume, device, given.get("epochs"), command, callbacks, stop, cache_dir, mirror)
         else:
-            trainer = new_trainer(model_config, config, device, command, callbacks, stop, cache_dir, mirror)
+            trainer = new_trainer(settings, device, command, callbacks, stop, cache_dir, mirror)
         result = trainer.train()
     except TrainingInterrupted as e:
         callbacks.close()
-        err_console.print(
-            f"Interrupted in epoch {e.epoch} after update {e.update}; checkpoint written. "
-            f"Resume with: rnnrbm train --resume {e.run_dir}"
-        )
+        where = f"in epoch {e.epoch} after update {e.update}" if e.update is not None else f"at the end of epoch {e.epoch}"
+        err_console.print(f"Interrupted {where}; checkpoint written. Resume with: rnnrbm train --resume {e.run_dir}")
         sys.exit(128 + e.signum)
     finally:
         callbacks.close()
@@ -563,6 +602,7 @@ class _TrainProgress:
 @click.option("--program", type=click.IntRange(0, 127), default=0, show_default=True, help="General MIDI instrument (0 = acoustic grand piano).")
 @click.option("--velocity", type=click.IntRange(1, 127), default=80, show_default=True, help="Velocity of every note.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@_backend_option
 @click.option("--wav", is_flag=True, help="Also write OUT.wav: FluidSynth with a SoundFont ($RNNRBM_SOUNDFONT) if available, else a built-in synth.")
 @click.option("--png", is_flag=True, help="Also write OUT.png, the piano-roll.")
 @click.option("-f", "--force", is_flag=True, help="Replace output files that exist.")
@@ -671,16 +711,6 @@ class _EvalProgress:
             bar.close()
 
 
-def _checkpoint_data(payload: dict) -> str | None:
-    """The data a checkpoint was trained on: its prepared .npz if still there, else its registry name."""
-    meta = payload.get("data") or {}
-    path = meta.get("path")
-    if isinstance(path, str) and Path(path).is_file():
-        return path
-    name = meta.get("dataset")
-    return name if isinstance(name, str) and name else None
-
-
 @cli.command("evaluate")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--data", help="Registry name or prepared .npz file.  [default: the data the checkpoint was trained on]")
@@ -697,10 +727,11 @@ def _checkpoint_data(payload: dict) -> str | None:
 @click.option("--max-frames", type=click.IntRange(min=1), help="Evaluate a seeded random subset of this many frames (a quick estimate).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the frame subset, AIS and Gibbs sampling.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@_backend_option
 @click.option("--mirror", default=None, help="Folder or URL base tried before the registry URLs [$RNNRBM_MIRROR].")
 @_cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def evaluate_cmd(checkpoint, data, split, chains, betas, samples, gibbs, max_frames, seed, device, mirror,
+def evaluate_cmd(checkpoint, data, split, chains, betas, samples, gibbs, max_frames, seed, device, backend, mirror,
                  cache_dir, as_json):
     """The paper's LL (nats per frame) and ACC (%) of a checkpoint on a data split.
 
@@ -712,34 +743,17 @@ def evaluate_cmd(checkpoint, data, split, chains, betas, samples, gibbs, max_fra
     Example:
       rnnrbm evaluate runs/nottingham/best.pt --split test --max-frames 2000
     """
-    import torch
+    from rnnrbm_cli.evaluate import evaluate_checkpoint
 
-    from rnnrbm_cli import evaluate as ev
-    from rnnrbm_cli.checkpoint import load_model
-    from rnnrbm_cli.datasets import load_prepared, resolve_data
-    from rnnrbm_cli.device import resolve_device
-
-    dev = resolve_device(device)
-    model, payload = load_model(checkpoint, dev)
-    source = data if data is not None else _checkpoint_data(payload)
-    if source is None:
-        raise click.UsageError("the checkpoint does not say which data it was trained on; pass --data.")
-    path = resolve_data(source, cache_dir=cache_dir, mirror=mirror)
-    sequences = load_prepared(path).splits.get(split) or []
-    if not any(len(s) for s in sequences):
-        fail(f"{path} has no frames in its {split!r} split; choose another --split.")
-    width = {s.shape[1] for s in sequences}
-    if width != {model.config.n_visible}:
-        fail(f"{path} has frames of {sorted(width)} keys but the model has {model.config.n_visible} visible units; "
-             "evaluate it on data prepared like its training data.")
-    generator = torch.Generator(device=dev).manual_seed(seed)
     progress = _EvalProgress()
     try:
-        result = ev.evaluate(model, sequences, chains=chains, betas=betas, samples=samples, gibbs=gibbs,
-                             max_frames=max_frames, generator=generator, progress=progress)
+        result = evaluate_checkpoint(
+            checkpoint, data=data, split=split, chains=chains, betas=betas, samples=samples, gibbs=gibbs,
+            max_frames=max_frames, seed=seed, device=device, backend=backend, cache_dir=cache_dir, mirror=mirror,
+            progress=progress,
+        )
     finally:
         progress.close()
-    result.update(split=split, checkpoint=str(checkpoint), data=str(path), seed=seed, device=str(dev))
     if as_json:
         print_json(result)
         return

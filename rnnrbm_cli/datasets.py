@@ -29,32 +29,23 @@ import contextlib
 import hashlib
 import json
 import math
-import operator
 import os
-import pickle
 import re
-import sys
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
-from rnnrbm_cli import __version__, registry
+from rnnrbm_cli import __version__, readers, registry
 from rnnrbm_cli._io import atomic_open
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
-from rnnrbm_cli.pianoroll import HIGHEST_PITCH, LOWEST_PITCH, N_KEYS, TRANSPOSE_MODES, midi_to_roll, read_midi
+from rnnrbm_cli.pianoroll import DEFAULT_DT, MAX_FRAMES, MAX_MIDI_BYTES, N_KEYS, TRANSPOSE_MODES
+from rnnrbm_cli.readers import SPLITS, read_mat, read_pickle  # noqa: F401  (re-exported)
 
-SPLITS = ("train", "valid", "test")
 SOURCE_KINDS = registry.FORMS  # "rolls", "pickle", "midi"
 FORMAT = 1  # version of the prepared .npz layout; load_prepared refuses any other
-DEFAULT_DT = 0.3  # seconds per frame for MIDI sources when no grid is given: the tutorial's
-DEFAULT_SPLIT_RATIOS = (0.8, 0.1, 0.1)  # train/valid/test shares of an unsplit MIDI folder
-MIDI_SUFFIXES = (".mid", ".midi")
-
-_MAT_KEYS = {"train": "traindata", "valid": "validdata", "test": "testdata"}
 
 
 @dataclass
@@ -89,290 +80,6 @@ class PrepareResult:
         }
 
 
-# -- readers -----------------------------------------------------------------------------
-
-
-def read_mat(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
-    """Read a dataset ``.mat``: split -> sequences, each (T, 88) uint8 0/1."""
-    import scipy.io  # slow to import; only this reader needs it
-
-    path = Path(path)
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except FileNotFoundError as e:
-        raise RnnrbmError(f"{path}: no such file.") from e
-    except Exception as e:  # scipy raises many types on a foreign or damaged file
-        raise RnnrbmError(f"{path} is not a readable MATLAB .mat file ({e}).") from e
-    splits = {}
-    for split, key in _MAT_KEYS.items():
-        cells = mat.get(key)
-        if not isinstance(cells, np.ndarray) or cells.dtype != object:
-            raise RnnrbmError(
-                f"{path} has no cell array {key!r}; a dataset .mat holds traindata, validdata and testdata."
-            )
-        splits[split] = [_as_roll(cell, f"{path}: {key} sequence {i + 1}") for i, cell in enumerate(cells.ravel())]
-    return splits
-
-
-def _as_roll(cell, where: str) -> np.ndarray:
-    roll = np.asarray(cell)
-    if roll.size == 0:
-        return np.zeros((0, N_KEYS), np.uint8)
-    if roll.ndim != 2 or roll.shape[1] != N_KEYS:
-        raise RnnrbmError(f"{where} has shape {roll.shape}, not (T, {N_KEYS}).")
-    if roll.dtype == object or not np.isin(roll, (0, 1)).all():
-        raise RnnrbmError(f"{where} holds values other than 0 and 1.")
-    return roll.astype(np.uint8)
-
-
-def _numpy_scalar():
-    try:  # numpy >= 2 moved it; the old name still works but warns
-        from numpy._core.multiarray import scalar
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import scalar
-    return scalar
-
-
-# What the original pickles ask for, and nothing more: each pitch is
-# numpy.core.multiarray.scalar(numpy.dtype("i8"), <8 bytes>).
-_PICKLE_GLOBALS: dict[tuple[str, str], Callable[[], object]] = {
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy", "dtype"): lambda: np.dtype,
-}
-
-
-class _DatasetUnpickler(pickle.Unpickler):
-    """An unpickler that can rebuild numpy scalars and refuses every other global.
-
-    Unpickling calls whatever callable the file names; a downloaded pickle is untrusted,
-    so only the numpy constructors a dataset of pitches needs are resolved.
-    """
-
-    def __init__(self, file, name: str):
-        super().__init__(file, encoding="latin1")  # Python 2 str -> bytes-preserving text
-        self._name = name
-
-    def find_class(self, module: str, name: str):
-        allowed = _PICKLE_GLOBALS.get((module, name))
-        if allowed is None:
-            raise RnnrbmError(
-                f"refusing to load {self._name}: the pickle asks for {module}.{name}, "
-                "which a dataset never needs."
-            )
-        return allowed()
-
-    def persistent_load(self, pid):
-        raise RnnrbmError(f"refusing to load {self._name}: the pickle refers to an external object.")
-
-
-def read_pickle(path: str | os.PathLike) -> tuple[dict[str, list[np.ndarray]], int]:
-    """Read an original dataset pickle safely: split -> sequences (T, 88) uint8, and dropped notes.
-
-    Pitches outside 21..108 are left out and counted. Raises RnnrbmError if the pickle asks
-    for anything but numpy scalars, or is not a dict of train/valid/test pitch lists.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            doc = _DatasetUnpickler(f, path.name).load()
-    except RnnrbmError:
-        raise
-    except FileNotFoundError as e:
-        raise RnnrbmError(f"{path}: no such file.") from e
-    except Exception as e:  # UnpicklingError, EOFError, ValueError, ... on a damaged file
-        raise RnnrbmError(f"{path} is not a readable pickle ({str(e) or type(e).__name__}).") from e
-    if not isinstance(doc, dict) or not set(SPLITS) <= doc.keys():
-        raise RnnrbmError(f"{path} is not a dataset pickle: it must be a dict with train, valid and test.")
-    splits, dropped = {}, 0
-    for split in SPLITS:
-        if not isinstance(doc[split], list):
-            raise RnnrbmError(f"{path} is not a dataset pickle: {split!r} is not a list of sequences.")
-        splits[split] = []
-        for i, sequence in enumerate(doc[split]):
-            roll, n = _pitch_lists_to_roll(sequence, f"{path}: {split} sequence {i + 1}")
-            splits[split].append(roll)
-            dropped += n
-    return splits, dropped
-
-
-def _pitch_lists_to_roll(sequence, where: str) -> tuple[np.ndarray, int]:
-    if not isinstance(sequence, (list, tuple)):
-        raise RnnrbmError(f"{where} is not a list of frames.")
-    roll = np.zeros((len(sequence), N_KEYS), np.uint8)
-    dropped = 0
-    for t, frame in enumerate(sequence):
-        if not isinstance(frame, (list, tuple)):
-            raise RnnrbmError(f"{where}, frame {t + 1} is not a tuple of pitches.")
-        for pitch in frame:
-            try:
-                pitch = operator.index(pitch)
-            except TypeError:
-                raise RnnrbmError(f"{where}, frame {t + 1} holds {pitch!r}, not a MIDI pitch.") from None
-            if LOWEST_PITCH <= pitch <= HIGHEST_PITCH:
-                roll[t, pitch - LOWEST_PITCH] = 1
-            else:
-                dropped += 1
-    return roll, dropped
-
-
-@dataclass(frozen=True)
-class _MidiFile:
-    """One MIDI file of a zip or folder, not yet read."""
-
-    name: str  # as shown to the user
-    parts: tuple[str, ...]  # folders above it, relative to the zip or folder root
-    read: Callable[[], bytes]
-
-
-@dataclass
-class _MidiRolls:
-    splits: dict[str, list[np.ndarray]]
-    skipped: list[str]
-    warnings: list[str]
-    dropped_notes: int
-    split: dict | None  # {"ratios": [...], "seed": n} for a seeded split, else None
-
-
-def _zip_midi_files(path: Path, stack: contextlib.ExitStack) -> list[_MidiFile]:
-    """The MIDI members of a zip, sorted by name; ``stack`` closes the archive."""
-    try:
-        archive = stack.enter_context(zipfile.ZipFile(path))
-        members = sorted(archive.infolist(), key=lambda m: m.filename)
-    except FileNotFoundError as e:
-        raise RnnrbmError(f"{path}: no such file.") from e
-    except (zipfile.BadZipFile, OSError) as e:
-        raise RnnrbmError(f"{path} is not a readable zip file ({e}).") from e
-    # Members are read in memory, never extracted: a member name cannot write anywhere.
-    return [
-        _MidiFile(f"{path.name}:{m.filename}", PurePosixPath(m.filename).parts[:-1], lambda m=m: archive.read(m))
-        for m in members
-        if not m.is_dir() and _is_midi_name(PurePosixPath(m.filename))
-    ]
-
-
-def _folder_midi_files(root: Path) -> list[_MidiFile]:
-    paths = sorted(
-        (p for p in root.rglob("*") if p.is_file() and _is_midi_name(p.relative_to(root))),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
-    return [_MidiFile(str(p), p.relative_to(root).parts[:-1], p.read_bytes) for p in paths]
-
-
-def _is_midi_name(rel: PurePosixPath | Path) -> bool:
-    # macOS archives carry "__MACOSX/._x.mid" resource forks: not music, and not worth a warning.
-    hidden = any(part.startswith(".") or part == "__MACOSX" for part in rel.parts)
-    return not hidden and rel.suffix.lower() in MIDI_SUFFIXES
-
-
-def _split_of(parts: tuple[str, ...]) -> str | None:
-    """The split folder a file sits in (the deepest train/valid/test above it), if any."""
-    for part in reversed(parts):
-        if part.lower() in SPLITS:
-            return part.lower()
-    return None
-
-
-def _read_midi_collection(
-    label: str,
-    files: list[_MidiFile],
-    *,
-    dt: float | None,
-    beat_division: int | None,
-    transpose: str,
-    split_ratios: Sequence[float] | None,
-    seed: int | None,
-    progress: bool,
-    on_warning: Callable[[str], None] | None,
-) -> _MidiRolls:
-    if not files:
-        raise RnnrbmError(f"{label} holds no .mid or .midi file.")
-    warnings: list[str] = []
-
-    def warn(message: str) -> None:
-        warnings.append(message)
-        if on_warning is not None:
-            with tqdm.external_write_mode(file=sys.stderr):  # not through a progress bar
-                on_warning(message)
-
-    by_folder = [_split_of(f.parts) for f in files]
-    if any(by_folder):
-        if split_ratios is not None or seed is not None:
-            raise RnnrbmUsageError(
-                f"{label} is already split into train/valid/test folders; --split-ratios and "
-                "--seed apply only to MIDI files that are not."
-            )
-        outside = by_folder.count(None)
-        if outside:
-            warn(f"{outside} MIDI files of {label} outside its train/valid/test folders were left out.")
-        assigned = [(s, f) for s, f in zip(by_folder, files) if s is not None]
-        split_record = None
-    else:
-        ratios = _check_ratios(split_ratios if split_ratios is not None else DEFAULT_SPLIT_RATIOS)
-        seed = 0 if seed is None else seed
-        assigned = [(None, f) for f in files]  # split below, among the files that can be read
-        split_record = {"ratios": list(ratios), "seed": seed}
-
-    rolls: list[tuple[str | None, np.ndarray]] = []
-    skipped: list[str] = []
-    dropped = 0
-    bar = tqdm(assigned, desc=label, unit="file", file=sys.stderr, leave=False, disable=None if progress else True)
-    for split, f in bar:
-        try:
-            midi = read_midi(f.read(), name=f.name)
-        except RnnrbmError as e:
-            skipped.append(f.name)
-            warn(f"{str(e).rstrip('.')}; skipped.")
-            continue
-        except (OSError, zipfile.BadZipFile) as e:  # a damaged zip member, an unreadable file
-            skipped.append(f.name)
-            warn(f"cannot read {f.name} ({e}); skipped.")
-            continue
-        roll, info = midi_to_roll(midi, dt=dt, beat_division=beat_division, transpose=transpose)
-        dropped += info.dropped_notes
-        if not roll.any():
-            skipped.append(f.name)
-            warn(f"{f.name} has no note on the 88 keys outside drum tracks; skipped.")
-            continue
-        rolls.append((split, roll))
-    if not rolls:
-        shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-        raise RnnrbmError(f"{label} has no usable MIDI file ({len(skipped)} skipped: {shown}).")
-    if split_record is not None:
-        names = _seeded_split(len(rolls), ratios, seed)
-        rolls = [(name, roll) for name, (_, roll) in zip(names, rolls)]
-    splits: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-    for split, roll in rolls:
-        splits[split].append(roll)
-    return _MidiRolls(splits, skipped, warnings, dropped, split_record)
-
-
-def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
-    ratios = tuple(float(r) for r in ratios)
-    if (
-        len(ratios) != 3
-        or not all(math.isfinite(r) and r >= 0 for r in ratios)
-        or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6)
-        or ratios[0] == 0
-    ):
-        raise RnnrbmUsageError(
-            f"split ratios must be three non-negative shares for train, valid and test that add up to 1, "
-            f"train above 0 (e.g. 0.8,0.1,0.1), not {','.join(f'{r:g}' for r in ratios)}."
-        )
-    return ratios  # type: ignore[return-value]
-
-
-def _seeded_split(n: int, ratios: tuple[float, float, float], seed: int) -> list[str]:
-    """Split names for n files in sorted order: a seeded shuffle, cut by the ratios."""
-    n_train = round(ratios[0] * n)
-    n_valid = min(round(ratios[1] * n), n - n_train)
-    order = np.random.default_rng(seed).permutation(n)
-    names = [""] * n
-    for rank, i in enumerate(order):
-        names[i] = "train" if rank < n_train else "valid" if rank < n_train + n_valid else "test"
-    return names
-
-
 # -- prepare -----------------------------------------------------------------------------
 
 
@@ -394,11 +101,14 @@ def prepare(
     dt: float | None = None,
     beat_division: int | None = None,
     transpose: str | None = None,
+    pedal: bool = False,
     out: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     mirror: str | os.PathLike | None = None,
     split_ratios: Sequence[float] | None = None,
     seed: int | None = None,
+    max_frames: int | None = MAX_FRAMES,
+    max_member_bytes: int | None = MAX_MIDI_BYTES,
     progress: bool = True,
     on_warning: Callable[[str], None] | None = None,
 ) -> PrepareResult:
@@ -418,8 +128,13 @@ def prepare(
         MIDI only: frames per beat (quarter note), following the tempo map.
     transpose : {"none", "c"}, optional
         MIDI only: "c" transposes each file to C major / C minor. Default "none".
+    pedal : bool
+        MIDI only: hold notes while the sustain pedal (CC 64) is down, as pretty_midi's
+        piano-roll does. Default False: notes end at their note-off, as in the tutorial
+        and the benchmark rolls.
     out : path, optional
-        Where to write; default ``<cache>/prepared/<dataset>-<kind>-<grid>-<transpose>.npz``.
+        Where to write; default ``<cache>/prepared/<dataset>-<kind>-<grid>-<transpose>.npz``
+        (``...-pedal.npz`` with pedal).
     cache_dir, mirror : optional
         As for ``registry.fetch``.
     split_ratios : three floats, optional
@@ -427,13 +142,21 @@ def prepare(
         of a seeded shuffle of its files (sorted by path). Default 0.8, 0.1, 0.1.
     seed : int, optional
         Seed of that shuffle; default 0.
+    max_frames : int or None
+        The most frames one sequence may have (default ``pianoroll.MAX_FRAMES``, 100,000):
+        a MIDI file that would be longer is skipped with a warning; a pickle sequence
+        that is longer is an error. None: no limit.
+    max_member_bytes : int or None
+        The largest MIDI file or zip member read, in bytes (default
+        ``pianoroll.MAX_MIDI_BYTES``, 2 MiB); at most this many bytes are ever inflated,
+        and a larger file is skipped with a warning. None: no limit.
     progress : bool
         Progress bars on stderr (when it is a terminal).
     on_warning : callable, optional
         Called with each warning (one sentence) as it arises; all are also returned.
 
     Rolls and pickles are already on their dataset's beat grid and transposed to C by its
-    authors; dt, beat_division and transpose raise RnnrbmUsageError for them, as do
+    authors; dt, beat_division, transpose and pedal raise RnnrbmUsageError for them, as do
     split_ratios and seed for a source that has its own split. Unreadable MIDI files are
     skipped, named in ``warnings`` and ``skipped_files``; a collection with no usable file,
     or an unreadable rolls or pickle file, raises RnnrbmError. The output appears only
@@ -442,7 +165,8 @@ def prepare(
     ``meta`` records: format, dataset, source_file, source_sha256, source_kind, grid
     ("seconds" or "beats"), dt (seconds per frame or None), beat_division (frames per beat
     or None), transpose ("none", "c", or None when unknown), split (ratios and seed of a
-    seeded split, else None), skipped_files, dropped_notes (notes outside 21..108, left
+    seeded split, else None), pedal (True or False for MIDI, None for rolls and pickles,
+    whose authors do not say), skipped_files, dropped_notes (notes outside 21..108, left
     out) and created_by.
     """
     if transpose is not None and transpose not in TRANSPOSE_MODES:
@@ -453,12 +177,17 @@ def prepare(
         raise RnnrbmUsageError(f"dt must be a positive number of seconds, not {dt}.")
     if beat_division is not None and beat_division < 1:
         raise RnnrbmUsageError(f"beat_division must be a positive number of frames per beat, not {beat_division}.")
+    for option, limit in (("max_frames", max_frames), ("max_member_bytes", max_member_bytes)):
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise RnnrbmUsageError(f"{option} must be a positive whole number (or None for no limit), not {limit!r}.")
 
     def check(kind: str, shown: str, hint: str = "") -> None:
         """Refuse MIDI-only options for gridded rolls, before anything is fetched."""
         if kind == "midi":
             return
-        options = (("--dt", dt), ("--beat-division", beat_division), ("--transpose", transpose))
+        options = (
+            ("--dt", dt), ("--beat-division", beat_division), ("--transpose", transpose), ("--pedal", pedal or None),
+        )
         given = [flag for flag, value in options if value is not None]
         if given:
             raise RnnrbmUsageError(
@@ -477,19 +206,23 @@ def prepare(
     split_record = None
     if src.kind in ("rolls", "pickle"):
         if src.kind == "rolls":
-            splits, dropped = read_mat(src.path), 0
+            splits, dropped = readers.read_mat(src.path), 0
         else:
-            splits, dropped = read_pickle(src.path)
+            splits, dropped = readers.read_pickle(src.path, max_frames=max_frames)
         known = src.dataset is not None
         grid = {"grid": "beats", "dt": None, "beat_division": src.dataset.beat_division if known else None}
         transpose = "c" if known else None
+        pedal = None
     else:
         if dt is None and beat_division is None:
             dt = DEFAULT_DT
         transpose = transpose or "none"
         with contextlib.ExitStack() as stack:
-            files = _folder_midi_files(src.path) if src.path.is_dir() else _zip_midi_files(src.path, stack)
-            rolls = _read_midi_collection(
+            if src.path.is_dir():
+                files = readers.folder_midi_files(src.path, max_bytes=max_member_bytes)
+            else:
+                files = readers.zip_midi_files(src.path, stack, max_bytes=max_member_bytes)
+            rolls = readers.read_midi_collection(
                 src.shown,
                 files,
                 dt=dt,
@@ -499,6 +232,8 @@ def prepare(
                 seed=seed,
                 progress=progress,
                 on_warning=on_warning,
+                pedal=pedal,
+                max_frames=max_frames,
             )
         splits, dropped = rolls.splits, rolls.dropped_notes
         skipped, warnings, split_record = rolls.skipped, rolls.warnings, rolls.split
@@ -512,6 +247,7 @@ def prepare(
         "source_kind": src.kind,
         **grid,
         "transpose": transpose,
+        "pedal": pedal,
         "split": split_record,
         "skipped_files": skipped,
         "dropped_notes": int(dropped),
@@ -520,7 +256,7 @@ def prepare(
     if out is None:
         out = prepared_path(
             src.label, src.kind, dt=grid["dt"], beat_division=grid["beat_division"],
-            transpose=transpose, cache_dir=cache_dir,
+            transpose=transpose, pedal=bool(pedal), cache_dir=cache_dir,
         )
     out = write_prepared(out, splits, meta)
     return PrepareResult(Path(out), _summary(splits), meta, skipped, warnings)
@@ -617,41 +353,54 @@ def prepared_path(
     dt: float | None = None,
     beat_division: int | None = None,
     transpose: str | None = None,
+    pedal: bool = False,
     cache_dir: str | os.PathLike | None = None,
 ) -> Path:
     """``<cache>/prepared/<label>-<kind>-<grid>-<transpose>.npz``, e.g. ``nottingham-rolls-beat2-c.npz``.
 
     grid is ``dt0.3`` or ``beat2`` (``native`` when unknown); transpose is none or c
-    (``native`` when unknown).
+    (``native`` when unknown). With pedal the name ends ``-pedal.npz``; without, it is
+    the name files had before pedal existed.
     """
     root = Path(cache_dir) if cache_dir is not None else registry.default_cache_dir()
     grid = f"dt{dt:g}" if dt is not None else f"beat{beat_division}" if beat_division is not None else "native"
-    return root / "prepared" / f"{label}-{kind}-{grid}-{transpose or 'native'}.npz"
+    return root / "prepared" / f"{label}-{kind}-{grid}-{transpose or 'native'}{'-pedal' if pedal else ''}.npz"
 
 
 def resolve_data(
-    name_or_npz: str | os.PathLike,
+    data: str | os.PathLike,
     *,
+    source: str | None = None,
+    dt: float | None = None,
     cache_dir: str | os.PathLike | None = None,
     mirror: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> Path:
-    """A prepared ``.npz`` to train on: the path itself, or a registry dataset's default one.
+    """The one resolver: the prepared ``.npz`` that ``data`` means, made if need be.
 
-    For a dataset name the default is its rolls as ``prepare(name)`` writes them; they are
-    fetched and prepared first if the cache lacks them.
+    - a prepared ``.npz``: itself;
+    - a raw file or folder (``.mat``, ``.pickle``, a ``.zip`` or folder of MIDI files):
+      prepared with the defaults (``dt`` if given) into the cache, as ``rnnrbm prepare`` would;
+    - a registry name: its benchmark rolls, or with ``source = "midi"`` its source MIDI
+      sampled every ``dt`` seconds (default 0.3, the tutorial's); fetched and prepared into
+      the cache once, then reused.
     """
-    path = Path(name_or_npz).expanduser()
-    if path.is_file():
-        if path.suffix.lower() != ".npz":
-            raise RnnrbmError(
-                f"{path} is not a prepared .npz; run `rnnrbm prepare {path}` first and use its output."
-            )
+    path = Path(data).expanduser()
+    if path.is_file() and path.suffix.lower() == ".npz":
         return path
-    name = str(name_or_npz)
+    if path.exists():
+        return prepare(path, dt=dt, cache_dir=cache_dir, mirror=mirror, progress=progress).path
+    name = str(data)
     if path.suffix.lower() == ".npz" or os.sep in name or "/" in name:
-        raise RnnrbmError(f"{name}: no such file.")
+        raise RnnrbmError(f"{name}: no such file or folder.")
     dataset = registry.get_dataset(name)
+    if source == "midi" or dt is not None:
+        dt = DEFAULT_DT if dt is None else dt
+        default = prepared_path(dataset.name, "midi", dt=dt, transpose="none", cache_dir=cache_dir)
+        if default.is_file():
+            return default
+        return prepare(dataset.name, source_kind="midi", dt=dt, transpose="none", out=default, cache_dir=cache_dir,
+                       mirror=mirror, progress=progress).path
     kind = _default_kind(dataset)
     if kind == "midi":
         default = prepared_path(dataset.name, kind, dt=DEFAULT_DT, transpose="none", cache_dir=cache_dir)
@@ -662,6 +411,33 @@ def resolve_data(
     if default.is_file():
         return default
     return prepare(dataset.name, source_kind=kind, cache_dir=cache_dir, mirror=mirror, progress=progress).path
+
+
+def checkpoint_data(
+    payload: dict[str, Any],
+    data: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    mirror: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Path:
+    """The prepared data for a checkpoint: ``data`` if given, else the file it was trained on
+    (when still there), else what its settings name (prepared again the same way)."""
+    if data is not None:
+        return resolve_data(data, cache_dir=cache_dir, mirror=mirror, progress=progress)
+    meta = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+    path = meta.get("path")
+    if isinstance(path, str) and Path(path).is_file():
+        return Path(path)
+    settings = payload.get("settings") if isinstance(payload.get("settings"), dict) else {}
+    spec = settings.get("data") if isinstance(settings.get("data"), dict) else payload.get("train_config") or {}
+    name = spec.get("data") if isinstance(spec, dict) else None
+    if not isinstance(name, str) or not name:
+        name = meta.get("dataset")
+    if not isinstance(name, str) or not name:
+        raise RnnrbmUsageError("the checkpoint does not say which data it was trained on; pass --data.")
+    return resolve_data(name, source=spec.get("source"), dt=spec.get("dt"), cache_dir=cache_dir, mirror=mirror,
+                        progress=progress)
 
 
 # -- the prepared file -------------------------------------------------------------------

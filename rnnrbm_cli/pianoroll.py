@@ -28,11 +28,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import mido
 import numpy as np
 import pretty_midi
 
 from rnnrbm_cli._io import atomic_open
-from rnnrbm_cli.errors import RnnrbmError
+from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 
 LOWEST_PITCH = 21  # MIDI pitch of column 0 (A0), as in the tutorial's r = (21, 109)
 N_KEYS = 88  # columns of a roll: the piano's range, MIDI 21..108
@@ -43,6 +44,21 @@ HIGHEST_PITCH = LOWEST_PITCH + N_KEYS - 1
 #: file cut in three is up to 0.7 % of a frame late), small enough never to pick up a note
 #: a listener would call late.
 TOLERANCE = 0.01
+
+#: The most frames a piece may have. Over 8 hours at the tutorial's 0.3 s and over 3 hours
+#: at 16th notes of 120 bpm, where the longest piece of Nottingham has 1,495 and 3,588 frames;
+#: a roll this long takes 8.8 MB. A damaged or hostile file claims far more (44 bytes of MIDI
+#: can ask for 500 million frames, 44 GB) and is refused before anything is allocated.
+MAX_FRAMES = 100_000
+
+#: The largest MIDI file read, in bytes: room for 600,000 events, hours of dense piano, where
+#: Nottingham's largest file is 19 KB. Parsing costs up to 110 bytes of memory per byte of
+#: MIDI (mido builds an object per event), so this bounds one file's cost near 250 MB.
+MAX_MIDI_BYTES = 2 * 2**20
+
+#: MIDI control change 64 is the sustain pedal: down at values >= 64, as pretty_midi reads it.
+SUSTAIN_PEDAL = 64
+PEDAL_THRESHOLD = 64
 
 TRANSPOSE_MODES = ("none", "c")
 
@@ -81,7 +97,9 @@ def key_name(key_number: int) -> str:
     return f"{_MINOR_NAMES[key_number - 12]} minor"
 
 
-def read_midi(source: str | os.PathLike | bytes, *, name: str | None = None) -> pretty_midi.PrettyMIDI:
+def read_midi(
+    source: str | os.PathLike | bytes, *, name: str | None = None, max_bytes: int | None = MAX_MIDI_BYTES
+) -> pretty_midi.PrettyMIDI:
     """Parse a standard MIDI file from a path or from its bytes.
 
     Parameters
@@ -90,25 +108,126 @@ def read_midi(source: str | os.PathLike | bytes, *, name: str | None = None) -> 
         The file, or its content (e.g. a member read from a zip).
     name : str, optional
         How to call the file in the error message; default the path.
+    max_bytes : int or None
+        Refuse a file larger than this many bytes (default ``MAX_MIDI_BYTES``) before
+        parsing it; None for no limit.
 
-    Raises RnnrbmError (one sentence, naming the file) if it is missing, truncated, corrupt
-    or not MIDI at all.
+    Raises RnnrbmError (one sentence, naming the file) if it is missing, too large,
+    truncated, corrupt or not MIDI at all.
     """
-    if name is None:
-        name = "<bytes>" if isinstance(source, bytes) else str(source)
+    name = _name_of(source, name)
+    return _to_pretty_midi(_parse_midi(source, name, max_bytes), name)
+
+
+def _name_of(source, name: str | None) -> str:
+    if name is not None:
+        return name
+    return "<bytes>" if isinstance(source, bytes) else str(source)
+
+
+def _parse_midi(source: str | os.PathLike | bytes, name: str, max_bytes: int | None) -> mido.MidiFile:
+    """The file's events as mido reads them (relative ticks), after the size check."""
+    if not isinstance(source, bytes):
+        try:
+            with open(source, "rb") as f:
+                source = f.read() if max_bytes is None else f.read(max_bytes + 1)
+        except FileNotFoundError as e:
+            raise RnnrbmError(f"{name}: no such file.") from e
+        except OSError as e:
+            raise RnnrbmError(f"cannot read {name}: {e.strerror or e}.") from e
+    if max_bytes is not None and len(source) > max_bytes:
+        raise RnnrbmError(too_large_message(name, max_bytes))
+    try:
+        return mido.MidiFile(file=io.BytesIO(source), charset="latin1")  # pretty_midi's charset
+    except Exception as e:  # mido raises many types on a damaged file
+        raise RnnrbmError(f"{name} is not a readable MIDI file ({str(e) or type(e).__name__}).") from e
+
+
+def _to_pretty_midi(parsed: mido.MidiFile, name: str) -> pretty_midi.PrettyMIDI:
     try:
         with warnings.catch_warnings():
             # pretty_midi warns about tempo events on non-zero tracks; the times it
             # computes are still the best reading of such a file.
             warnings.simplefilter("ignore")
-            if isinstance(source, bytes):
-                return pretty_midi.PrettyMIDI(io.BytesIO(source))
-            return pretty_midi.PrettyMIDI(str(source))
-    except FileNotFoundError as e:
-        raise RnnrbmError(f"{name}: no such file.") from e
-    except Exception as e:  # mido and pretty_midi raise many types on a damaged file
-        reason = str(e) or type(e).__name__
-        raise RnnrbmError(f"{name} is not a readable MIDI file ({reason}).") from e
+            # pretty_midi maps every tick to seconds in arrays of 24 bytes a tick, and
+            # refuses more than 10 million ticks as corrupt.
+            return pretty_midi.PrettyMIDI(mido_object=parsed)
+    except Exception as e:  # pretty_midi raises many types on a damaged file
+        raise RnnrbmError(f"{name} is not a readable MIDI file ({str(e) or type(e).__name__}).") from e
+
+
+# Events pretty_midi's get_end_time() counts: notes, controllers, pitch bends, tempo, key
+# and time signatures, lyrics and text. (Not end_of_track, names or sysex.)
+_TIMED_EVENTS = frozenset(
+    ("note_on", "note_off", "control_change", "pitchwheel", "set_tempo", "key_signature", "time_signature",
+     "lyrics", "text")
+)
+
+
+def _raw_extent(parsed: mido.MidiFile) -> tuple[float, float]:
+    """(end time in seconds, end in beats) of a parsed file, from its events alone.
+
+    Follows pretty_midi: the tempo map is track 0's set_tempo events (120 bpm until the
+    first), the end is the last event ``get_end_time()`` counts. An upper bound on what
+    pretty_midi finds (an unclosed note counts here, not there); nothing is allocated
+    per tick.
+    """
+    resolution = parsed.ticks_per_beat
+    if resolution <= 0:
+        return 0.0, 0.0  # pretty_midi refuses it; let it say why
+    tempo_changes = [(0, 500_000)]  # (tick, microseconds per beat)
+    tick = 0
+    for event in parsed.tracks[0] if parsed.tracks else ():
+        tick += event.time
+        if event.type == "set_tempo":
+            if tick == 0:
+                tempo_changes = [(0, event.tempo)]
+            else:
+                tempo_changes.append((tick, event.tempo))
+    end_tick = 0
+    for track in parsed.tracks:
+        tick = 0
+        for event in track:
+            tick += event.time
+            if event.type in _TIMED_EVENTS and tick > end_tick:
+                end_tick = tick
+    seconds, (last_tick, last_tempo) = 0.0, tempo_changes[0]
+    for change_tick, tempo in tempo_changes[1:]:
+        if change_tick >= end_tick:
+            break
+        seconds += (change_tick - last_tick) * last_tempo / 1e6 / resolution
+        last_tick, last_tempo = change_tick, tempo
+    seconds += (end_tick - last_tick) * last_tempo / 1e6 / resolution
+    return seconds, end_tick / resolution
+
+
+def _check_length(
+    end_time: float, n_frames: int, max_frames: int | None, name: str | None,
+    dt: float | None, beat_division: int | None,
+) -> None:
+    if max_frames is None or n_frames <= max_frames:
+        return
+    grid = f"{dt:g} s per frame" if dt is not None else f"{beat_division} frames per beat"
+    raise RnnrbmError(
+        f"{name or 'the MIDI file'} lasts {_duration(end_time)}, {n_frames:,} frames at {grid}: more than "
+        f"the {max_frames:,} a piece may have (raise the limit, --max-frames, if it is real)."
+    )
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:,.0f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+def too_large_message(name: str, max_bytes: int) -> str:
+    """The sentence for a MIDI file over the size limit (shared with the zip reader)."""
+    size = f"{max_bytes / 2**20:.4g} MiB" if max_bytes >= 2**20 else f"{max_bytes:,} bytes"
+    return (
+        f"{name} is larger than {size}, far more than a piece of music takes as MIDI "
+        "(raise the limit, --max-member-mb, if it is real)."
+    )
 
 
 def midi_to_roll(
@@ -117,13 +236,17 @@ def midi_to_roll(
     dt: float | None = None,
     beat_division: int | None = None,
     transpose: str = "none",
+    pedal: bool = False,
+    max_frames: int | None = MAX_FRAMES,
+    name: str | None = None,
 ) -> tuple[np.ndarray, RollInfo]:
     """Sample a MIDI file into a piano-roll on a seconds grid or on its beat grid.
 
     Parameters
     ----------
-    midi : pretty_midi.PrettyMIDI or path
-        The music. Drum tracks are ignored; the notes of all other instruments are merged.
+    midi : pretty_midi.PrettyMIDI, path or bytes
+        The music (a path is read as by ``read_midi``; bytes are a file's content). Drum
+        tracks are ignored; the notes of all other instruments are merged.
     dt : float, optional
         Seconds per frame; frame t is sampled at ``t * dt`` (the tutorial used 0.3).
     beat_division : int, optional
@@ -137,6 +260,16 @@ def midi_to_roll(
         file's key to C major or C minor. The key is the first key signature if the file
         has one, else the best Krumhansl-Kessler match of its duration-weighted
         pitch-class profile.
+    pedal : bool
+        Hold notes while the sustain pedal is down, as pretty_midi's ``get_piano_roll``
+        does: a note of an instrument still sounding, or struck, while that instrument's
+        CC 64 is at 64 or more lasts until the pedal comes up (a pedal never released
+        holds to the end of the file). Default False: notes end at their note-off.
+    max_frames : int or None
+        Refuse a file whose roll would have more frames than this (default
+        ``MAX_FRAMES``), before allocating it; None for no limit.
+    name : str, optional
+        How to call the file in the error message; default its path.
 
     Returns
     -------
@@ -145,6 +278,9 @@ def midi_to_roll(
         before ``midi.get_end_time()``.
     info : RollInfo
         Notes dropped for being out of range, the transposition and the key it came from.
+
+    Raises RnnrbmError naming the file if it cannot be read or its roll would be longer
+    than ``max_frames``.
     """
     if (dt is None) == (beat_division is None):
         raise ValueError("give exactly one of dt (seconds per frame) and beat_division (frames per beat)")
@@ -157,9 +293,18 @@ def midi_to_roll(
     if transpose not in TRANSPOSE_MODES:
         raise ValueError(f"transpose must be one of {', '.join(TRANSPOSE_MODES)}, not {transpose!r}")
     if not isinstance(midi, pretty_midi.PrettyMIDI):
-        midi = read_midi(midi)
+        # Measure the file from its events before pretty_midi builds its per-tick table,
+        # so that a file claiming millions of frames is refused having cost nothing.
+        name = _name_of(midi, name)
+        parsed = _parse_midi(midi, name, None if isinstance(midi, bytes) else MAX_MIDI_BYTES)
+        raw_seconds, raw_beats = _raw_extent(parsed)
+        raw_frames = raw_seconds / dt if dt is not None else raw_beats * int(beat_division)
+        _check_length(raw_seconds, _n_frames(raw_frames), max_frames, name, dt, beat_division)
+        midi = _to_pretty_midi(parsed, name)
 
-    notes = [n for inst in midi.instruments if not inst.is_drum for n in inst.notes]
+    end_time = midi.get_end_time()
+    played = [inst for inst in midi.instruments if not inst.is_drum]
+    notes = [n for inst in played for n in (_sustained(inst, end_time) if pedal else inst.notes)]
     shift, key, key_source = 0, None, None
     if transpose == "c":
         key_number, key_source = _find_key(midi, notes)
@@ -167,7 +312,6 @@ def midi_to_roll(
             key = key_name(key_number)
             shift = _shift_to_c(key_number % 12)
 
-    end_time = midi.get_end_time()
     if end_time <= 0:
         return np.zeros((0, N_KEYS), dtype=np.uint8), RollInfo(0, shift, key, key_source)
     if dt is not None:
@@ -175,6 +319,7 @@ def midi_to_roll(
     else:
         to_frame = _beat_grid(midi, int(beat_division))
     n_frames = _n_frames(float(to_frame(end_time)))
+    _check_length(end_time, n_frames, max_frames, name, dt, beat_division)
 
     roll = np.zeros((n_frames, N_KEYS), dtype=np.uint8)
     dropped = 0
@@ -267,6 +412,41 @@ def _n_frames(u_end: float) -> int:
     return int(max(math.ceil(u_end - TOLERANCE), 0))
 
 
+def _sustained(instrument: pretty_midi.Instrument, end_time: float) -> list[pretty_midi.Note]:
+    """The instrument's notes, each held until the sustain pedal is released.
+
+    The pedal is down from a CC 64 of value >= PEDAL_THRESHOLD to the next one below it
+    (or to ``end_time`` if it never comes up). A note that sounds at any moment of such an
+    interval, ``start < up`` and ``end > down``, ends at ``max(end, up)``; a note released
+    exactly as the pedal goes down is not caught, as in pretty_midi's ``get_piano_roll``.
+    """
+    pedal = sorted((c for c in instrument.control_changes if c.number == SUSTAIN_PEDAL), key=lambda c: c.time)
+    downs: list[float] = []
+    ups: list[float] = []
+    for cc in pedal:
+        if cc.value >= PEDAL_THRESHOLD and len(downs) == len(ups):
+            downs.append(cc.time)
+        elif cc.value < PEDAL_THRESHOLD and len(downs) > len(ups):
+            ups.append(cc.time)
+    if len(downs) > len(ups):
+        ups.append(end_time)
+    if not downs or not instrument.notes:
+        return list(instrument.notes)
+    downs_a, ups_a = np.array(downs), np.array(ups)
+    starts = np.array([n.start for n in instrument.notes])
+    ends = np.array([n.end for n in instrument.notes])
+    # Intervals are disjoint and in order: the last one to go down before a note ends is
+    # the only one that can hold it longest; it holds it if it is still down after the start.
+    last = np.searchsorted(downs_a, ends, side="left") - 1
+    up = ups_a[np.maximum(last, 0)]
+    held = (last >= 0) & (up > starts)
+    new_ends = np.where(held, np.maximum(ends, up), ends)
+    return [
+        pretty_midi.Note(n.velocity, n.pitch, n.start, float(e)) if e != n.end else n
+        for n, e in zip(instrument.notes, new_ends)
+    ]
+
+
 def _beat_grid(midi: pretty_midi.PrettyMIDI, beat_division: int):
     """A map from seconds to frame position on the beat grid, ``beat_division`` frames a beat.
 
@@ -321,3 +501,93 @@ def estimate_key(notes: list[pretty_midi.Note]) -> int | None:
 def _shift_to_c(tonic: int) -> int:
     """Semitones in -6..+5 that take pitch class ``tonic`` to C."""
     return (-tonic + 6) % 12 - 6
+
+
+# -- the time grid -------------------------------------------------------------------------
+
+DEFAULT_DT = 0.3  # seconds per frame when MIDI is sampled and no grid is given: the tutorial's
+DEFAULT_TEMPO = 120.0  # beats per minute when beat-grid frames are written as MIDI
+
+
+def check_dt(dt: float, flag: str = "dt") -> float:
+    """``dt`` as a float if it is a positive, finite number of seconds; else a usage error."""
+    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (dt > 0 and math.isfinite(dt)):
+        raise RnnrbmUsageError(f"{flag} must be a positive number of seconds, not {dt}.")
+    return float(dt)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """How long a frame is: ``dt`` seconds, or ``1 / beat_division`` of a beat (quarter
+    note) following the tempo map; neither when a roll's grid is not known.
+
+        >>> Grid(dt=0.3).seconds_per_frame(), Grid(beat_division=2).seconds_per_frame(tempo=90)
+        (0.3, 0.3333333333333333)
+    """
+
+    dt: float | None = None
+    beat_division: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dt is not None and self.beat_division is not None:
+            raise RnnrbmUsageError("give a time grid in seconds (dt) or in beats (beat_division), not both.")
+        if self.dt is not None:
+            check_dt(self.dt)
+        if self.beat_division is not None and (
+            isinstance(self.beat_division, bool) or not isinstance(self.beat_division, int) or self.beat_division < 1
+        ):
+            raise RnnrbmUsageError(f"beat_division must be a positive number of frames per beat, not {self.beat_division}.")
+
+    @classmethod
+    def from_meta(cls, meta: dict | None) -> Grid:
+        """The grid a prepared file's (or a checkpoint's) data metadata records."""
+        meta = meta or {}
+        if meta.get("grid") == "beats" and meta.get("beat_division"):
+            return cls(beat_division=int(meta["beat_division"]))
+        if meta.get("grid") == "seconds" and meta.get("dt"):
+            return cls(dt=float(meta["dt"]))
+        return cls()
+
+    @property
+    def kind(self) -> str | None:
+        """"seconds", "beats", or None when unknown (as the metadata's "grid")."""
+        return "seconds" if self.dt is not None else "beats" if self.beat_division is not None else None
+
+    def label(self) -> str:
+        """For file names: ``dt0.3``, ``beat2`` or ``native``."""
+        return f"dt{self.dt:g}" if self.dt is not None else f"beat{self.beat_division}" if self.beat_division else "native"
+
+    def describe(self) -> str:
+        if self.dt is not None:
+            return f"{self.dt:g} s per frame"
+        if self.beat_division is not None:
+            return f"{self.beat_division} frame{'s' if self.beat_division != 1 else ''} per beat"
+        return "as stored"
+
+    def seconds_per_frame(self, *, dt: float | None = None, tempo: float | None = None) -> float:
+        """Seconds per frame when frames on this grid are played: ``dt`` overrides the grid;
+        a beat grid is played at ``tempo`` beats per minute (default 120)."""
+        if dt is not None and tempo is not None:
+            raise RnnrbmUsageError("give --dt or --tempo, not both: each sets the length of a frame.")
+        if dt is not None:
+            return check_dt(dt, "--dt")
+        if tempo is not None and not (tempo > 0 and math.isfinite(tempo)):
+            raise RnnrbmUsageError(f"--tempo must be a positive number of beats per minute, not {tempo}.")
+        if self.beat_division is not None:
+            return 60.0 / (tempo if tempo is not None else DEFAULT_TEMPO) / self.beat_division
+        if tempo is not None:
+            raise RnnrbmUsageError(
+                "--tempo applies to a model trained on a beat grid; these frames are "
+                f"{self.dt} seconds long: use --dt to change that."
+            )
+        if self.dt is not None:
+            return self.dt
+        raise RnnrbmUsageError(
+            f"no time grid is recorded; give the seconds per frame with --dt (the tutorial used {DEFAULT_DT})."
+        )
+
+    def axis(self) -> tuple[float, str]:
+        """Frame length and unit for a time axis: (1/beat_division, "beats") or (dt, "s")."""
+        if self.beat_division is not None:
+            return 1.0 / self.beat_division, "beats"
+        return (self.dt if self.dt is not None else DEFAULT_DT), "s"

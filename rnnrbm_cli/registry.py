@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from rnnrbm_cli import __version__
 from rnnrbm_cli._io import atomic_open
-from rnnrbm_cli.errors import RnnrbmError
+from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 
 #: What a file holds: piano-rolls in a MATLAB .mat, the authors' original pickle, or a
 #: .zip of source MIDI files. ``datasets.py`` knows how to read each.
@@ -78,6 +78,12 @@ class Dataset:
     def file(self, form: str) -> DataFile | None:
         """The first file of the given form (see FORMS), or None if the dataset has none."""
         return next((f for f in self.files if f.form == form), None)
+
+    @property
+    def default_form(self) -> str:
+        """The form prepare reads by default: rolls when the dataset has them, the gridded,
+        transposed benchmark data; else the first of FORMS it has."""
+        return next(form for form in FORMS if self.file(form) is not None)
 
 
 @dataclass(frozen=True)
@@ -135,10 +141,13 @@ def load_registry(path: str | os.PathLike | None = None) -> dict[str, Dataset]:
 
 
 def get_dataset(name: str, path: str | os.PathLike | None = None) -> Dataset:
-    """The registry entry called ``name``; RnnrbmError listing the known names if there is none."""
+    """The registry entry called ``name``; RnnrbmUsageError listing the known names if there is none.
+
+    A name that is not in the registry is a usage error (exit 2) wherever it is given.
+    """
     datasets = load_registry(path)
     if name not in datasets:
-        raise RnnrbmError(
+        raise RnnrbmUsageError(
             f"unknown dataset {name!r}; known datasets: {', '.join(datasets)}."
         )
     return datasets[name]

@@ -17,18 +17,38 @@ from typing import Callable, Iterator
 import pytest
 
 
+# Read once, before any test's monkeypatch removes it from the environment.
+_MIRROR_ENV = os.environ.get("RNNRBM_MIRROR")
+_BESIDE_THE_CHECKOUT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+def find_mirror() -> tuple[Path | None, str]:
+    """The local folder of real dataset files the tests read, found as the tool finds its
+    mirror: ``$RNNRBM_MIRROR`` when it is a folder, else ``../shared/datasets`` beside the
+    checkout. Returns the folder (None if there is none) and, if none, why."""
+    if _MIRROR_ENV and "://" not in _MIRROR_ENV:
+        path = Path(_MIRROR_ENV).expanduser()
+        if path.is_dir():
+            return path, ""
+        return None, f"RNNRBM_MIRROR={_MIRROR_ENV} is not a folder"
+    if _BESIDE_THE_CHECKOUT.is_dir():
+        return _BESIDE_THE_CHECKOUT, ""
+    said = f"RNNRBM_MIRROR={_MIRROR_ENV} is a URL, not a folder, and " if _MIRROR_ENV else "RNNRBM_MIRROR is not set and "
+    return None, f"{said}{_BESIDE_THE_CHECKOUT} does not exist"
+
+
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
-    """The read-only mirror of the real dataset files: ../shared/datasets, or $RNNRBM_TEST_MIRROR.
+    """The read-only mirror of the real dataset files (see ``find_mirror``).
 
-    Tests that use it skip when it is absent, as in a fresh clone.
+    Tests that use it read the real Nottingham and JSB Chorales files; they skip, saying
+    why, when there is no such folder, as in a fresh clone without the data.
     """
-    env = os.environ.get("RNNRBM_TEST_MIRROR")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-    if not path.is_dir():
+    path, why = find_mirror()
+    if path is None:
         pytest.skip(
-            f"the real dataset mirror is not at {path}; set RNNRBM_TEST_MIRROR to a folder "
-            "holding the files listed in its SHA256SUMS"
+            f"needs the real dataset files: {why}; set RNNRBM_MIRROR to a folder holding "
+            "Nottingham.mat, Nottingham.zip, JSB_Chorales.mat and 'JSB Chorales.pickle' (see the README)"
         )
     return path
 
@@ -104,3 +124,97 @@ def mirror_server(http_server: Callable[[Path], FileServer], shared_datasets: Pa
 
 
 # == end of registry fixtures ===============================================================
+
+
+# == shared helpers: the CLI, clean failures, PNG sizes, a toy dataset ======================
+
+import json as _json  # noqa: E402
+import struct as _struct  # noqa: E402
+
+import numpy as _np  # noqa: E402
+from click.testing import CliRunner as _CliRunner, Result as _Result  # noqa: E402
+
+
+def run(*args) -> _Result:
+    """``rnnrbm ARGS...`` through click's CliRunner (stdout and stderr apart)."""
+    from rnnrbm_cli.cli import cli
+
+    return _CliRunner().invoke(cli, [str(a) for a in args], prog_name="rnnrbm")
+
+
+def one_sentence_error(result: _Result, code: int = 1) -> str:
+    """Assert a clean failure: the exit code, no traceback, one line on stderr; return it."""
+    assert result.exit_code == code, (result.output, result.stderr)
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ") and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = Path(path).read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    return _struct.unpack(">II", head[16:24])
+
+
+# Three-chord progressions (C, F, G, Am), each chord held for two frames.
+CHORDS = [[48, 52, 55], [53, 57, 60], [55, 59, 62], [57, 60, 64]]
+
+
+def chord_sequence(rng: _np.random.Generator, length: int) -> _np.ndarray:
+    roll = _np.zeros((length, 88), _np.uint8)
+    start = rng.integers(len(CHORDS))
+    for t in range(length):
+        for pitch in CHORDS[(start + t // 2) % len(CHORDS)]:
+            roll[t, pitch - 21] = 1
+    return roll
+
+
+def write_npz(path: Path, splits: dict, meta: dict) -> Path:
+    """A prepared-data file in the layout datasets.py writes (checked by load_prepared)."""
+    arrays = {}
+    for name, seqs in splits.items():
+        arrays[f"{name}_rolls"] = _np.concatenate(seqs).astype(_np.uint8)
+        arrays[f"{name}_lengths"] = _np.array([len(s) for s in seqs], _np.int64)
+    full_meta = {"format": 1, "dataset": "toy", "source_file": None, "source_sha256": None, "source_kind": "rolls",
+                 "grid": "seconds", "dt": 0.25, "beat_division": None, "transpose": "none", "skipped_files": [],
+                 "dropped_notes": 0, "created_by": "tests"}
+    full_meta.update(meta)
+    _np.savez(path, meta=_np.array(_json.dumps(full_meta)), **arrays)
+    return path
+
+
+@pytest.fixture
+def toy_npz(tmp_path) -> Path:
+    """Chord progressions: 24 training sequences of 10-40 frames, 4 valid, 4 test."""
+    rng = _np.random.default_rng(0)
+    splits = {
+        "train": [chord_sequence(rng, int(n)) for n in rng.integers(10, 40, size=24)],
+        "valid": [chord_sequence(rng, 24) for _ in range(4)],
+        "test": [chord_sequence(rng, 24) for _ in range(4)],
+    }
+    return write_npz(tmp_path / "toy.npz", splits, {})
+
+
+def small_settings(toy_npz: Path, run_dir: Path, **kw):
+    """Settings of a small, fast run on the toy data."""
+    from rnnrbm_cli.config import resolve_settings
+
+    values = {"data": str(toy_npz), "n_hidden": 16, "n_recurrent": 8, "k": 1, "lr": 0.05, "chunk": 12,
+              "batch": 1, "epochs": 4, "seed": 3, "run_dir": str(run_dir), "device": "cpu"}
+    values.update(kw)
+    return resolve_settings(values)
+
+
+def make_trainer(toy_npz, run_dir, callbacks=None, stop=None, **kw):
+    """A Trainer of a small run on the toy data, its run directory started."""
+    import torch
+
+    from rnnrbm_cli.datasets import load_prepared
+    from rnnrbm_cli.train import Trainer
+
+    trainer = Trainer(small_settings(toy_npz, run_dir, **kw), torch.device("cpu"), load_prepared(toy_npz), toy_npz,
+                      callbacks, stop)
+    trainer.start_run_dir("test")
+    return trainer

@@ -93,6 +93,7 @@ def test_nottingham_rolls(mirror, isolated_cache):
         "dt": None,
         "beat_division": 2,
         "transpose": "c",
+        "pedal": None,
         "split": None,
         "skipped_files": [],
         "dropped_notes": 0,
@@ -366,13 +367,68 @@ def test_gridding_options_are_refused_for_rolls(mirror, options):
 
 
 def test_unknown_names_and_missing_paths(tmp_path):
-    with pytest.raises(RnnrbmError, match="unknown dataset 'nottinghm'"):
+    with pytest.raises(RnnrbmUsageError, match="unknown dataset 'nottinghm'"):
         prepare("nottinghm", progress=False)
     with pytest.raises(RnnrbmError, match="no such file or folder"):
         prepare(str(tmp_path / "missing.zip"), progress=False)
     (tmp_path / "data.csv").write_text("a,b\n")
     with pytest.raises(RnnrbmError, match="cannot tell what"):
         prepare(tmp_path / "data.csv", progress=False)
+
+
+def pedal_midi_bytes() -> bytes:
+    """C4 played for 0.3 s under a sustain pedal held from 0.1 s to 0.9 s."""
+    midi = pretty_midi.PrettyMIDI()
+    piano = pretty_midi.Instrument(program=0)
+    piano.notes = [pretty_midi.Note(90, 60, 0.0, 0.3)]
+    piano.control_changes = [pretty_midi.ControlChange(64, 127, 0.1), pretty_midi.ControlChange(64, 0, 0.9)]
+    midi.instruments.append(piano)
+    buffer = io.BytesIO()
+    midi.write(buffer)
+    return buffer.getvalue()
+
+
+def test_pedal_is_off_by_default_recorded_and_named(tmp_path, isolated_cache):
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    (songs / "pedalled.mid").write_bytes(pedal_midi_bytes())
+    plain = prepare(songs, progress=False)
+    held = prepare(songs, pedal=True, progress=False)
+    # The default name is the one files had before the option existed.
+    assert plain.path == isolated_cache / "prepared" / "songs-midi-dt0.3-none.npz"
+    assert held.path == isolated_cache / "prepared" / "songs-midi-dt0.3-none-pedal.npz"
+    assert (plain.meta["pedal"], held.meta["pedal"]) == (False, True)
+    assert load_prepared(held.path).meta["pedal"] is True
+    def c4(result) -> list[int]:
+        return load_prepared(result.path).splits["train"][0][:, 60 - 21].tolist()
+
+    assert c4(plain) == [1, 0, 0]
+    assert c4(held) == [1, 1, 1]
+
+
+def test_pedal_is_refused_for_rolls(tmp_path):
+    cell = np.empty((1, 1), dtype=object)
+    cell[0, 0] = np.ones((2, 88), np.uint8)
+    scipy.io.savemat(tmp_path / "tiny.mat", {"traindata": cell, "validdata": cell, "testdata": cell})
+    with pytest.raises(RnnrbmUsageError, match="so --pedal cannot apply: they are for MIDI sources"):
+        prepare(tmp_path / "tiny.mat", pedal=True, out=tmp_path / "t.npz", progress=False)
+    result = run(str(tmp_path / "tiny.mat"), "--pedal")
+    assert result.exit_code == 2 and "--pedal cannot apply" in result.stderr
+    assert prepare(tmp_path / "tiny.mat", out=tmp_path / "t.npz", progress=False).meta["pedal"] is None
+
+
+def test_limits_must_be_positive_whole_numbers(tmp_path):
+    for limits in ({"max_frames": 0}, {"max_frames": 2.5}, {"max_member_bytes": -1}, {"max_member_bytes": True}):
+        with pytest.raises(RnnrbmUsageError, match="must be a positive whole number"):
+            prepare(tmp_path, progress=False, **limits)
+
+
+def test_cli_limits_match_the_library():
+    from rnnrbm_cli import cli as cli_module
+    from rnnrbm_cli.pianoroll import MAX_FRAMES, MAX_MIDI_BYTES
+
+    assert cli_module._MAX_FRAMES == MAX_FRAMES
+    assert cli_module._MAX_MEMBER_MB * 2**20 == MAX_MIDI_BYTES
 
 
 # -- the prepared file -------------------------------------------------------------------
@@ -432,8 +488,8 @@ def test_resolve_data(mirror, isolated_cache, tmp_path):
         resolve_data("nope")
     with pytest.raises(RnnrbmError, match="no such file"):
         resolve_data(str(tmp_path / "gone.npz"))
-    with pytest.raises(RnnrbmError, match="is not a prepared .npz"):
-        resolve_data(mirror / "Nottingham.mat")
+    # a raw file is prepared with the defaults, as `rnnrbm prepare` would (here: the same rolls)
+    assert resolve_data(mirror / "Nottingham.mat") == path
 
 
 def test_nothing_is_written_when_writing_fails(tmp_path, monkeypatch):
@@ -483,9 +539,19 @@ def test_cli_json(mirror, tmp_path):
     }
     assert set(doc["meta"]) == {
         "format", "dataset", "source_file", "source_sha256", "source_kind", "grid", "dt",
-        "beat_division", "transpose", "split", "skipped_files", "dropped_notes", "created_by",
+        "beat_division", "transpose", "pedal", "split", "skipped_files", "dropped_notes", "created_by",
     }
     assert doc["meta"]["created_by"] == "rnnrbm 0.1.0" and doc["skipped_files"] == []
+
+
+def test_cli_pedal(tmp_path):
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    (songs / "pedalled.mid").write_bytes(pedal_midi_bytes())
+    result = run(str(songs), "--pedal", "--out", str(tmp_path / "p.npz"), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["meta"]["pedal"] is True
+    assert load_prepared(tmp_path / "p.npz").splits["train"][0][:, 60 - 21].tolist() == [1, 1, 1]
 
 
 def test_cli_names_skipped_files_on_stderr(tmp_path):

@@ -406,3 +406,95 @@ def test_midi_to_roll_reads_a_path(tmp_path):
     roll, _ = midi_to_roll(path, dt=0.3)
     np.testing.assert_array_equal(roll, roll_of({C4: [1, 1]}))
     assert math.isclose(read_midi(path).get_end_time(), 0.6)
+
+
+# -- the sustain pedal -------------------------------------------------------------------
+
+
+def pedalled(*notes, pedal: list[tuple[float, int]], program: int = 0) -> pretty_midi.Instrument:
+    """An instrument holding ``notes`` = (pitch, start s, end s) and CC 64 events (time s, value)."""
+    instrument = pretty_midi.Instrument(program=program)
+    instrument.notes = [pretty_midi.Note(90, p, s, e) for p, s, e in notes]
+    instrument.control_changes = [pretty_midi.ControlChange(64, v, t) for t, v in pedal]
+    return instrument
+
+
+def test_the_pedal_holds_notes_until_it_is_released():
+    # dt = 0.5: instants 0, 0.5, ..., 2.5; the pedal is down from 0.25 to 2.0.
+    midi = pretty_midi.PrettyMIDI(initial_tempo=120.0)
+    midi.instruments.append(pedalled(
+        (C4, 0.0, 0.5),  # sounding as the pedal goes down: held to 2.0
+        (D4, 0.0, 0.25),  # released exactly as it goes down: not caught
+        (E4, 1.0, 1.5),  # struck while it is down: held to 2.0
+        (G4, 2.5, 3.0),  # after it comes up: as played
+        pedal=[(0.25, 127), (1.2, 100), (2.0, 0)],  # 100 is still down
+    ))
+    # Another instrument without a pedal of its own is not held by this one.
+    midi.instruments.append(pedalled((A4 := 69, 0.0, 0.5), pedal=[], program=40))
+    held, _ = midi_to_roll(midi, dt=0.5, pedal=True)
+    expected = roll_of({
+        C4: [1, 1, 1, 1, 0, 0],
+        D4: [1, 0, 0, 0, 0, 0],
+        E4: [0, 0, 1, 1, 0, 0],
+        G4: [0, 0, 0, 0, 0, 1],
+        A4: [1, 0, 0, 0, 0, 0],
+    })
+    np.testing.assert_array_equal(held, expected)
+    as_played, _ = midi_to_roll(midi, dt=0.5)  # the default: notes end at note-off
+    np.testing.assert_array_equal(as_played, roll_of({
+        C4: [1, 0, 0, 0, 0, 0],
+        D4: [1, 0, 0, 0, 0, 0],
+        E4: [0, 0, 1, 0, 0, 0],
+        G4: [0, 0, 0, 0, 0, 1],
+        A4: [1, 0, 0, 0, 0, 0],
+    }))
+
+
+def test_a_pedal_never_released_holds_to_the_end():
+    midi = pretty_midi.PrettyMIDI(initial_tempo=120.0)
+    midi.instruments.append(pedalled((C4, 0.5, 1.0), (G4, 2.5, 3.0), pedal=[(0.75, 127)]))
+    roll, _ = midi_to_roll(midi, dt=0.5, pedal=True)
+    np.testing.assert_array_equal(roll, roll_of({C4: [0, 1, 1, 1, 1, 1], G4: [0, 0, 0, 0, 0, 1]}))
+
+
+def test_the_pedal_agrees_with_pretty_midis_piano_roll():
+    # Times on the frame boundaries, where pretty_midi's own roll (which floors every time
+    # to a column) and ours sample the same instants.
+    midi = pretty_midi.PrettyMIDI(initial_tempo=120.0)
+    midi.instruments.append(pedalled(
+        (C4, 0.0, 1.0), (D4, 0.0, 0.5), (E4, 1.0, 1.5), (G4, 2.5, 3.0), (C4 + 12, 3.0, 3.5),
+        pedal=[(0.5, 127), (2.0, 0), (3.0, 64), (4.0, 0)],
+    ))
+    midi = reread(midi)  # through a file: CC events as a reader sees them
+    ours, _ = midi_to_roll(midi, dt=0.5, pedal=True)
+    theirs = (midi.get_piano_roll(fs=2, pedal_threshold=64)[LOWEST_PITCH : LOWEST_PITCH + N_KEYS].T > 0)
+    np.testing.assert_array_equal(ours, theirs.astype(np.uint8))
+    assert ours[:, C4 + 12 - LOWEST_PITCH].tolist() == [0, 0, 0, 0, 0, 0, 1, 1]  # held from 3.5 to 4.0
+
+
+# -- limits ------------------------------------------------------------------------------
+
+
+def test_a_roll_longer_than_max_frames_is_refused():
+    midi = make_midi((C4, 0.0, 3.0))  # 10 frames at 0.3 s
+    assert len(midi_to_roll(midi, dt=0.3, max_frames=10)[0]) == 10
+    with pytest.raises(RnnrbmError) as e:
+        midi_to_roll(midi, dt=0.3, max_frames=9, name="tune.mid")
+    assert str(e.value) == (
+        "tune.mid lasts 3.0 s, 10 frames at 0.3 s per frame: more than the 9 a piece may have "
+        "(raise the limit, --max-frames, if it is real)."
+    )
+    assert len(midi_to_roll(midi, dt=0.3, max_frames=None)[0]) == 10
+
+
+def test_read_midi_refuses_a_file_over_the_size_limit(tmp_path):
+    path = tmp_path / "big.mid"
+    good = io.BytesIO()
+    make_midi((C4, 0.0, 1.0)).write(good)
+    path.write_bytes(good.getvalue())
+    size = len(good.getvalue())
+    assert read_midi(path, max_bytes=size).get_end_time() == 1.0
+    with pytest.raises(RnnrbmError, match=rf"big.mid is larger than {size - 1} bytes, far more than a piece"):
+        read_midi(path, max_bytes=size - 1)
+    with pytest.raises(RnnrbmError, match="is larger than"):
+        read_midi(good.getvalue(), max_bytes=size - 1)

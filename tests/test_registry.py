@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from rnnrbm_cli import cli as cli_module
 from rnnrbm_cli import registry
 from rnnrbm_cli.cli import cli
-from rnnrbm_cli.errors import RnnrbmError
+from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -254,10 +254,30 @@ def test_a_missing_registry_is_a_clear_error(tmp_path: Path):
 
 
 def test_unknown_dataset_lists_the_known_names():
-    with pytest.raises(RnnrbmError) as excinfo:
+    with pytest.raises(RnnrbmUsageError) as excinfo:
         registry.get_dataset("notingham")
-    assert "'notingham'" in str(excinfo.value)
-    assert "nottingham, jsb-chorales, musedata, piano-midi.de" in str(excinfo.value)
+    assert str(excinfo.value) == (
+        "unknown dataset 'notingham'; known datasets: nottingham, jsb-chorales, musedata, piano-midi.de."
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["fetch", "notingham"], ["prepare", "notingham"], ["train", "--data", "notingham", "--epochs", "1"]],
+)
+def test_an_unknown_dataset_is_a_usage_error_in_every_command(cache: Path, tmp_path: Path, args: list[str]):
+    result = run(*args, "--cache-dir", str(cache))
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        "Error: unknown dataset 'notingham'; known datasets: nottingham, jsb-chorales, musedata, piano-midi.de.\n"
+    )
+    assert not cache.exists()
+
+
+def test_the_default_form_is_what_prepare_reads():
+    assert {d.name: d.default_form for d in registry.load_registry().values()} == {
+        "nottingham": "rolls", "jsb-chorales": "rolls", "musedata": "rolls", "piano-midi.de": "rolls",
+    }
 
 
 # -- the cache ---------------------------------------------------------------------------
@@ -292,10 +312,10 @@ def test_cached_file_checks_size_and_sha256(cache: Path, shared_datasets: Path, 
 
 
 def test_fetch_from_an_http_mirror_then_from_the_cache(cache: Path, mirror_server):
-    result = run("fetch", "nottingham", "--mirror", mirror_server.url, "--json")
+    result = run("fetch", "nottingham", "--all-forms", "--mirror", mirror_server.url, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["dataset"] == "nottingham"
+    assert report["dataset"] == "nottingham" and report["not_fetched"] == []
     assert [f["name"] for f in report["files"]] == ["Nottingham.mat", "Nottingham.zip"]
     for f in report["files"]:
         assert set(f) == {"name", "path", "sha256", "source", "cached"}
@@ -306,7 +326,7 @@ def test_fetch_from_an_http_mirror_then_from_the_cache(cache: Path, mirror_serve
     assert mirror_server.requests == ["/Nottingham.mat", "/Nottingham.zip"]
     assert [p.name for p in files_under(cache)] == ["Nottingham.mat", "Nottingham.zip"]
 
-    again = run("fetch", "nottingham", "--mirror", mirror_server.url, "--json")
+    again = run("fetch", "nottingham", "--all-forms", "--mirror", mirror_server.url, "--json")
     assert again.exit_code == 0, again.output
     assert [(f["source"], f["cached"]) for f in json.loads(again.stdout)["files"]] == [("cache", True)] * 2
     assert len(mirror_server.requests) == 2  # the server was not asked again
@@ -331,14 +351,48 @@ def test_the_mirror_comes_from_the_environment(cache: Path, mirror_server, monke
     assert result.source == f"{mirror_server.url}/Nottingham.mat"
 
 
-def test_fetch_from_a_local_mirror_folder(cache: Path, shared_datasets: Path):
+def test_fetch_from_a_local_mirror_folder_gets_what_prepare_reads(cache: Path, shared_datasets: Path):
     result = run("fetch", "nottingham", "--mirror", str(shared_datasets))
     assert result.exit_code == 0, result.output
-    paths = [cache / "nottingham" / "Nottingham.mat", cache / "nottingham" / "Nottingham.zip"]
-    assert result.stdout.splitlines() == [str(p) for p in paths]
+    path = cache / "nottingham" / "Nottingham.mat"
+    assert result.stdout.splitlines() == [str(path)]
+    assert sha256_of(path) == sha256_of(shared_datasets / "Nottingham.mat")
     assert f"✓ Nottingham.mat  from {shared_datasets / 'Nottingham.mat'}" in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "not fetched: Nottingham.zip (midi)" in message and "--all-forms" in message
+    assert files_under(cache) == [path]
+
+    every = run("fetch", "nottingham", "--all-forms", "--mirror", str(shared_datasets))
+    assert every.exit_code == 0, every.output
+    paths = [path, cache / "nottingham" / "Nottingham.zip"]
+    assert every.stdout.splitlines() == [str(p) for p in paths]
+    assert "not fetched" not in every.stderr
     for p in paths:
         assert sha256_of(p) == sha256_of(shared_datasets / p.name)
+
+
+def test_rolls_on_the_mirror_are_enough_without_the_midi_zip(cache: Path, shared_datasets: Path, http_server,
+                                                            tmp_path, monkeypatch):
+    # The mirror holds the .mat rolls only; the zip's one URL answers 404 (no network).
+    rolls_only = tmp_path / "rolls-only"
+    rolls_only.mkdir()
+    shutil.copyfile(shared_datasets / "Nottingham.mat", rolls_only / "Nottingham.mat")
+    server = http_server(tmp_path / "rolls-only")
+    use_registry(tmp_path, monkeypatch, {
+        "Nottingham.mat": [f"{server.url}/gone/Nottingham.mat"],
+        "Nottingham.zip": [f"{server.url}/gone/Nottingham.zip"],
+    })
+    result = run("fetch", "nottingham", "--mirror", str(rolls_only), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [f["name"] for f in report["files"]] == ["Nottingham.mat"]
+    assert report["not_fetched"] == ["Nottingham.zip"]
+    assert server.requests == []  # the zip was not even tried
+
+    every = run("fetch", "nottingham", "--mirror", str(rolls_only), "--all-forms")
+    assert every.exit_code == 1
+    assert "could not fetch Nottingham.zip" in every.stderr and "Nottingham.mat" not in every.stderr.split("Error")[1]
+    assert "Traceback" not in every.output
 
 
 def test_several_datasets_give_a_json_list(cache: Path, shared_datasets: Path):
@@ -438,7 +492,7 @@ def test_every_file_is_tried_and_every_failure_reported(cache: Path, mirror_serv
             "JSB_Chorales.mat": [f"{mirror_server.url}/gone/JSB_Chorales.mat"],
         },
     )
-    result = run("fetch", "nottingham", "jsb-chorales")
+    result = run("fetch", "nottingham", "jsb-chorales", "--all-forms")
     assert result.exit_code == 1
     assert result.stdout.splitlines() == [str(cache / "nottingham" / "Nottingham.zip")]
     assert "could not fetch Nottingham.mat" in result.stderr
@@ -505,6 +559,7 @@ def test_datasets_json_shows_what_is_cached_and_verified(cache: Path, shared_dat
         (["--all", "nottingham"], "give dataset names or --all, not both"),
         (["musedata", "--form", "pickle"], "dataset 'musedata' has no file of form pickle; it has rolls"),
         (["nottingham", "--form", "mp3"], "'mp3' is not one of"),
+        (["nottingham", "--form", "rolls", "--all-forms"], "give --form or --all-forms, not both"),
     ],
 )
 def test_fetch_usage_errors_exit_2(cache: Path, args: list[str], message: str):
