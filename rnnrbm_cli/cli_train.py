@@ -1,0 +1,158 @@
+"""The train command and its progress display (train.py underneath)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from rnnrbm_cli.cli import (
+    _BACKENDS, cli,
+    err_console, print_json,
+)
+
+
+# == train ================================================================================
+
+
+@cli.command()
+@click.option("--data", help="Registry name, prepared .npz, or a MIDI folder/zip (prepared first).  [default: nottingham]")
+@click.option("--source", type=click.Choice(["rolls", "midi"]), help="For a registry name: the benchmark rolls or the source MIDI.  [default: rolls]")
+@click.option("--dt", type=click.FloatRange(min=0, min_open=True), help="Seconds per frame with --source midi.  [default: 0.3]")
+@click.option("--epochs", type=click.IntRange(min=0), help="Passes over the training split (total, also with --resume).  [default: 200]")
+@click.option("--device", help="auto, cpu or cuda.  [default: auto]")
+@click.option("--seed", type=int, help="Seed for initialisation, shuffling and sampling.  [default: 1234]")
+@click.option("--model", "model_type", type=click.Choice(["rnn-rbm", "rnn-nade"]), help="The model: RNN-RBM (CD-k) or RNN-NADE (exact likelihood).  [default: rnn-rbm]")
+@click.option("--rnn", type=click.Choice(["tanh", "sigmoid", "lstm", "gru"]), help="The recurrence (the compiled CPU kernels run tanh only).  [default: tanh]")
+@click.option("--n-hidden", type=click.IntRange(min=1), help="RBM (or NADE) hidden units.  [default: 150]")
+@click.option("--n-recurrent", type=click.IntRange(min=1), help="RNN units.  [default: 100]")
+@click.option("--learn-u0/--no-learn-u0", default=None, help="Learn the initial RNN state (the paper) instead of u(0) = 0.")
+@click.option("--k", type=click.IntRange(min=1), help="Gibbs steps of CD-k.  [default: 15]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate.  [default: 0.001]")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), help="Optimiser.  [default: sgd]")
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), help="Nesterov momentum for SGD.  [default: 0]")
+@click.option("--chunk", type=click.IntRange(min=1), help="Frames per chunk.  [default: 100]")
+@click.option("--batch", type=click.IntRange(min=1), help="Chunks per update (1 = the tutorial).  [default: 1]")
+@click.option("--eval-every", type=click.IntRange(min=0), help="Estimate validation LL every N epochs (0 = never).  [default: 0]")
+@click.option("--eval-frames", type=click.IntRange(min=1), help="Validation frames for that estimate.  [default: 2000]")
+@click.option("--eval-chains", type=click.IntRange(min=1), help="AIS chains for that estimate.  [default: 100]")
+@click.option("--eval-betas", type=click.IntRange(min=1), help="AIS inverse temperatures for that estimate.  [default: 300]")
+@click.option("--backend", type=click.Choice(_BACKENDS), help="Who computes: auto (the compiled CPU kernels on CPU, torch on CUDA), torch or numba.  [default: auto]")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory.  [default: a new runs/<data>-<timestamp>]")
+@click.option("--preset", type=click.Choice(["tutorial"]), help="Start from a named set of settings (flags and --config override it).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="TOML file of settings, or a run's config.json (flags override it).")
+@click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
+@click.option("--mirror", help="Local folder or URL to fetch data from first.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Download and prepared-data cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
+@click.pass_context
+def train(ctx, preset, config_file, resume, mirror, cache_dir, as_json, **flags):
+    """Train an RNN-RBM (or RNN-NADE) and write a run directory.
+
+    The run directory holds config.json, command.txt, metrics.jsonl, checkpoint.pt
+    (latest) and best.pt. Ctrl+C checkpoints and tells you how to resume.
+
+    \b
+    Example:
+      rnnrbm train --epochs 200 --device cuda
+      rnnrbm train --preset tutorial --epochs 10
+      rnnrbm train --resume runs/nottingham-20261124-120000 --epochs 300
+    """
+    import signal
+
+    from rnnrbm_cli.config import merge_settings
+    from rnnrbm_cli.device import resolve_device
+    from rnnrbm_cli.train import (
+        StopFlag,
+        TrainingInterrupted,
+        new_trainer,
+        resume_trainer,
+    )
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    command = " ".join(["rnnrbm", *[_shell_quote(a) for a in sys.argv[1:]]])
+    if resume:
+        extra = sorted(set(given) - {"epochs", "device"}) + (["preset"] if preset else []) + (["config"] if config_file else [])
+        if extra:
+            raise click.UsageError(f"--resume continues a run with its own settings; only --epochs and --device may be given (not {', '.join('--' + e.replace('_', '-') for e in extra)}).")
+    else:
+        settings = merge_settings(preset, config_file, given)
+    device = resolve_device(given.get("device") or ("auto" if resume else settings.run.device))
+
+    stop = StopFlag()
+    callbacks = _TrainProgress(as_json)
+    old = {s: signal.signal(s, lambda signum, frame: stop.set(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if resume:
+            trainer = resume_trainer(resume, device, given.get("epochs"), command, callbacks, stop, cache_dir, mirror)
+        else:
+            trainer = new_trainer(settings, device, command, callbacks, stop, cache_dir, mirror)
+        result = trainer.train()
+    except TrainingInterrupted as e:
+        callbacks.close()
+        where = f"in epoch {e.epoch} after update {e.update}" if e.update is not None else f"at the end of epoch {e.epoch}"
+        err_console.print(f"Interrupted {where}; checkpoint written. Resume with: rnnrbm train --resume {e.run_dir}")
+        sys.exit(128 + e.signum)
+    finally:
+        callbacks.close()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if as_json:
+        print_json({
+            "run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint),
+            "best_checkpoint": str(result.best_checkpoint), "epochs": result.epochs, "metrics": result.metrics,
+        })
+    else:
+        click.echo(str(result.checkpoint))
+
+
+def _shell_quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+class _TrainProgress:
+    """Draws the training loop's events: a tqdm bar per epoch and one line per epoch."""
+
+    def __init__(self, quiet_stdout: bool) -> None:
+        self.bar = None
+        self.epochs = 0
+
+    def on_start(self, info) -> None:
+        self.epochs = info["epochs"]
+        err_console.print(
+            f"Run directory: {info['run_dir']}  (device {info['device']}, {info['train_sequences']} sequences, "
+            f"{info['train_frames']:,} frames, {info['train_chunks']:,} chunks)"
+        )
+
+    def on_epoch_start(self, epoch, n_updates, first_update) -> None:
+        from tqdm import tqdm
+
+        self.close()
+        self.bar = tqdm(total=n_updates, initial=first_update, desc=f"epoch {epoch}/{self.epochs}", unit="upd",
+                        leave=False, file=sys.stderr, dynamic_ncols=True, disable=None)
+
+    def on_update(self, epoch, update, n_updates) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_epoch_end(self, m) -> None:
+        self.close()
+        parts = [f"epoch {m['epoch']:>4}/{self.epochs}", f"train monitor {m['train_monitor']:8.3f}"]
+        if m.get("valid_monitor") is not None:
+            parts.append(f"valid monitor {m['valid_monitor']:8.3f}")
+        if m.get("valid_ll") is not None:
+            parts.append(f"valid LL {m['valid_ll']:7.3f} ± {m['valid_ll_stderr']:.3f}")
+        parts.append(f"{m['seconds']:7.1f} s")
+        if m.get("frames_per_second"):
+            parts.append(f"{m['frames_per_second']:10,.0f} frames/s")
+        err_console.print("  ".join(parts))
+
+    def on_message(self, text) -> None:
+        err_console.print(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
