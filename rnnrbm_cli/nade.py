@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from rnnrbm_cli.model import CDResult, ModelConfig, length_mask
 from rnnrbm_cli.recurrence import Recurrent
@@ -26,6 +27,9 @@ from rnnrbm_cli.recurrence import Recurrent
 # Frames of a (frames, n_visible, n_hidden) working tensor at once: ~0.5 GB in float32
 # at the default sizes, bounding memory of evaluation and sampling, not the results.
 _FRAMES_BUDGET = 1 << 25
+# Frames per block in training: the (block, n_visible, n_hidden) tensors of a block stay in
+# the CPU's cache; measured 2x (batch 1) to 8x (batch 8) faster per frame than one block.
+_TRAIN_BLOCK = 32
 
 
 class RNNNADE(Recurrent):
@@ -68,6 +72,18 @@ class RNNNADE(Recurrent):
         """Exact log p(v | biases) of frames v (..., n_visible), in nats: (...)."""
         return -F.binary_cross_entropy_with_logits(self.note_logits(v, b, c), v, reduction="none").sum(-1)
 
+    def blocked_log_prob(self, v: Tensor, b: Tensor, c: Tensor) -> Tensor:
+        """:meth:`frame_log_prob` of frames (N, n_visible) in blocks of _TRAIN_BLOCK frames; with
+        gradients, each block's working tensors are recomputed in backward instead of kept."""
+        if v.shape[0] <= _TRAIN_BLOCK:
+            return self.frame_log_prob(v, b, c)
+        grad = torch.is_grad_enabled() and (b.requires_grad or c.requires_grad or self.W.requires_grad)
+        parts = []
+        for i in range(0, v.shape[0], _TRAIN_BLOCK):
+            args = (v[i : i + _TRAIN_BLOCK], b[i : i + _TRAIN_BLOCK], c[i : i + _TRAIN_BLOCK])
+            parts.append(checkpoint(self.frame_log_prob, *args, use_reentrant=False) if grad else self.frame_log_prob(*args))
+        return torch.cat(parts)
+
     @torch.no_grad()
     def sample_frames(self, b: Tensor, c: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Exact ancestral samples of frames with biases b (N, n_visible), c (N, n_hidden).
@@ -91,9 +107,9 @@ class RNNNADE(Recurrent):
     def nll_cost(self, v: Tensor, lengths: Tensor | None = None) -> CDResult:
         """Mean negative log-likelihood per real frame of a padded batch v (B, T, n_visible);
         ``cost.backward()`` gives the exact gradient. The monitor is the mean log-likelihood."""
-        B, T, _ = v.shape
+        B, T, n_v = v.shape
         b, c = self.conditional_biases(v)
-        logp = self.frame_log_prob(v, b, c)  # (B, T)
+        logp = self.blocked_log_prob(v.reshape(-1, n_v), b.reshape(-1, n_v), c.reshape(-1, c.shape[-1])).view(B, T)
         if lengths is None:
             n_frames = B * T
             total = logp.sum()
