@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rnnrbm_cli.config import resolve_settings
 from rnnrbm_cli.datasets import load_prepared, resolve_data
-from rnnrbm_cli.model import ModelConfig
-from rnnrbm_cli.train import Trainer, resolve_configs
+from rnnrbm_cli.engines import sampler_for
+from rnnrbm_cli.train import Trainer
 
 TARGETS = {  # from the speed issue: (CPU, GPU)
     "train_tutorial_s_per_epoch": (3.7, 1.0),
@@ -123,9 +124,9 @@ def baseline_epoch_seconds(sequences, device, k, chunk, updates, seed):
 def train_epochs(data, data_path, device, batch, epochs, seed):
     """Train ``epochs`` epochs with the real Trainer; returns the trainer and per-epoch metrics."""
     run_dir = Path(tempfile.mkdtemp(prefix="rnnrbm-bench-"))
-    model_config, config = resolve_configs({"data": str(data_path), "batch": batch, "epochs": epochs, "seed": seed,
-                                            "run_dir": str(run_dir / "run"), "device": device.type})
-    trainer = Trainer(model_config, config, device, data, data_path)
+    settings = resolve_settings({"data": str(data_path), "batch": batch, "epochs": epochs, "seed": seed,
+                                 "run_dir": str(run_dir / "run"), "device": device.type})
+    trainer = Trainer(settings, device, data, data_path)
     trainer.start_run_dir("benchmark")
     trainer.train()
     lines = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -187,10 +188,11 @@ def main(argv=None):
             10 * base_fps if not gpu else 5e6, better="higher")
 
     model = trainer.model.eval()
+    sampler = sampler_for(model)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     base_one = time_call(lambda: base_model.sample(200, 25), device, repeat=2)
     for n in ([1, 100, 1000] if gpu else [1, 100]):
-        seconds = time_call(lambda: model.generate(n, 200, k=25, generator=gen), device)
+        seconds = time_call(lambda: sampler.generate(n, 200, 25, None, gen), device)
         row(f"sample --num {n} (200 frames, k 25)", seconds, base_one * n, "s", TARGETS.get(f"sample_{n}_s", (None, None))[1 if gpu else 0])
 
     if not args.skip_eval:
