@@ -129,11 +129,20 @@ def resolve_backend(backend: str, model: torch.nn.Module, *, binary: bool = True
 
 def objective_for(
     model: torch.nn.Module, data: ChunkedData, *, k: int, backend: str = "auto", generator: torch.Generator | None = None,
-    valid: ChunkedData | None = None,
+    valid: ChunkedData | None = None, objective: str = "model",
 ) -> Objective:
     """The training objective of ``model`` on ``data``: gradients of a batch of its chunks,
     and the monitor of any ChunkedData. ``generator`` drives the training chains; ``valid``
-    (its 0/1-ness) takes part in the backend choice, since the monitor runs on it too."""
+    (its 0/1-ness) takes part in the backend choice, since the monitor runs on it too.
+
+    ``objective``: "model" (the model's own: CD-k or exact likelihood; an RBM pretrained
+    on frames is this objective on chunks of one frame), or "rnn-prediction" (the RNN alone
+    predicting each frame, deterministic, torch on any device).
+    """
+    if objective == "rnn-prediction":
+        return TorchRNNPrediction(model, data, k, generator)
+    if objective != "model":
+        raise ValueError(f"objective must be model or rnn-prediction, not {objective!r}")
     binary = data.binary and (valid is None or valid.binary)
     chosen = resolve_backend(backend, model, binary=binary)
     return _OBJECTIVES[(model.model_type, chosen)](model, data, k, generator)
@@ -168,6 +177,37 @@ class TorchCD:
         for ids in torch.arange(len(data.chunks)).split(256):
             v, lengths = data.batch(ids)
             res = self.model.cd_cost(v, lengths, self.k, generator)
+            total = res.monitor * res.n_frames if total is None else total + res.monitor * res.n_frames
+            frames += res.n_frames
+        return float(total) / frames
+
+    def compile_message(self) -> str | None:
+        return None
+
+    def warm_up(self) -> None:
+        pass
+
+
+class TorchRNNPrediction:
+    """The RNN's cross-entropy prediction of each frame (``rnn_prediction_cost``), by autograd."""
+
+    backend = "torch"
+
+    def __init__(self, model, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
+        self.model, self.data = model, data
+
+    def gradients(self, chunk_ids: Tensor) -> StepStats:
+        v, lengths = self.data.batch(chunk_ids)
+        res = self.model.rnn_prediction_cost(v, lengths)
+        res.cost.backward()
+        return StepStats(res.cost.detach(), res.monitor, res.n_frames)
+
+    @torch.no_grad()
+    def monitor(self, data: ChunkedData, generator: torch.Generator) -> float:
+        total, frames = None, 0
+        for ids in torch.arange(len(data.chunks)).split(256):
+            v, lengths = data.batch(ids)
+            res = self.model.rnn_prediction_cost(v, lengths)
             total = res.monitor * res.n_frames if total is None else total + res.monitor * res.n_frames
             frames += res.n_frames
         return float(total) / frames

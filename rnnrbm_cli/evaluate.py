@@ -581,6 +581,11 @@ def _nade_marginals(model, frames: Frames, samples: int, generator, progress) ->
 _EXACT_MODELS = {"rnn-nade": (_nade_log_likelihoods, _nade_marginals)}
 
 
+def exact_likelihood(model) -> bool:
+    """Whether the model's log-likelihood is computed exactly (no AIS), whatever its size."""
+    return model.config.model_type in _EXACT_MODELS
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike,
     *,

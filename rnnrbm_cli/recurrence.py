@@ -94,6 +94,34 @@ class Recurrent(nn.Module):
             return (torch.sigmoid(self.bu + state[0] @ self.Wuu + v_t @ self.Wvu),)
         return self.run_recurrence(v_t.unsqueeze(1), state)[1]
 
+    # Parameters of the frame model (RBM or NADE); every other parameter is the RNN part's.
+    FRAME_PARAMETERS = ("W", "V", "bv", "bh")
+
+    def parameter_parts(self) -> dict[str, list[nn.Parameter]]:
+        """{"rbm": the frame model's parameters, "rnn": the rest}, each in registration order."""
+        parts: dict[str, list[nn.Parameter]] = {"rbm": [], "rnn": []}
+        for name, p in self.named_parameters():
+            parts["rbm" if name in self.FRAME_PARAMETERS else "rnn"].append(p)
+        return parts
+
+    def rnn_prediction_cost(self, v: Tensor, lengths: Tensor | None = None):
+        """The RNN alone as a model of the notes: frame t predicted as sigmoid(bv(t)),
+        bv(t) = bv + u(t-1) Wuv, each note independent (the paper's RNN pretraining).
+        Returns a CDResult: cost = mean cross-entropy per real frame (exact: backward is
+        BPTT), monitor = minus that (the log-likelihood of this predictor, nats per frame)."""
+        from rnnrbm_cli.model import CDResult, length_mask
+
+        B, T, _ = v.shape
+        u_prev = self.previous_outputs(v)
+        logits = self.bv + u_prev @ self.Wuv
+        nll = nn.functional.binary_cross_entropy_with_logits(logits, v, reduction="none").sum(-1)
+        if lengths is None:
+            n_frames, total = B * T, nll.sum()
+        else:
+            n_frames, total = int(lengths.sum()), (nll * length_mask(lengths, T)).sum()
+        cost = total / n_frames
+        return CDResult(cost=cost, monitor=(-cost).detach(), n_frames=n_frames)
+
     def previous_outputs(self, v: Tensor) -> Tensor:
         """u(t-1) for every frame t of v: (B, T, n_recurrent), u(0) first (the past only)."""
         u = self.recurrence(v)

@@ -43,6 +43,8 @@ class Callbacks:
 
     def on_start(self, info: dict[str, Any]) -> None: ...
 
+    def on_stage(self, stage: str, epochs: int) -> None: ...
+
     def on_epoch_start(self, epoch: int, n_updates: int, first_update: int) -> None: ...
 
     def on_update(self, epoch: int, update: int, n_updates: int) -> None: ...
@@ -105,11 +107,33 @@ def default_run_name(settings: Settings) -> str:
     return name + ("-midi" if d.source == "midi" else "")
 
 
+STAGES = ("rbm", "rnn", "fine")  # RBM pretraining, RNN pretraining, fine-tuning of the whole model
+STAGE_NAMES = {"rbm": "RBM pretraining", "rnn": "RNN pretraining", "fine": "training"}
+
+
+@dataclass
+class Stage:
+    """What one stage trains with: its objective, data, optimiser and schedule."""
+
+    name: str
+    objective: Any
+    data: ChunkedData
+    valid: ChunkedData | None
+    batch: int  # chunks per update
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None
+
+
 class Trainer:
-    """Owns the model, optimiser, generators and run directory of one training run.
+    """Owns the model, optimisers, generators and run directory of one training run.
 
     settings : the run's Settings. device : where the model lives. data : the prepared
     data (``datasets.load_prepared``); data_path : its file, recorded in checkpoints.
+
+    A run is up to three stages, one epoch counter across them: ``pretrain_rbm_epochs``
+    of the RBM alone on shuffled frames, ``pretrain_rnn_epochs`` of the RNN alone, then
+    ``epochs`` of the whole model. Every metrics line names its stage.
     """
 
     def __init__(
@@ -126,32 +150,92 @@ class Trainer:
         self.stop = stop or StopFlag()
         self.data_meta = _data_meta(data, data_path)
         o = settings.optim
-        self.train_data = ChunkedData(data.splits["train"], o.chunk, device)
+        self.train_sequences = data.splits["train"]
+        self.train_data = ChunkedData(self.train_sequences, o.chunk, device)
         valid = data.splits.get("valid") or []
         self.valid_data = ChunkedData(valid, o.chunk, device) if valid else None
         self.valid_sequences = valid
         seed = settings.run.seed
         # A local generator: building the model never touches torch's global seed.
         self.model = build_model(settings.model, torch.Generator().manual_seed(seed)).to(device)
-        self.optimizer = self._make_optimizer()
+        # Gradients live in tensors shaped like their parameters from the start: a gradient
+        # autograd creates may have another memory layout, and a norm (clipping) summed in
+        # another order would make a resumed run differ from an uninterrupted one in the last bit.
+        for p in self.model.parameters():
+            p.grad = torch.zeros_like(p)
         self.shuffle_gen = torch.Generator().manual_seed(seed)
         self.gibbs_gen = torch.Generator(device=device).manual_seed(seed + 1)
-        self.objective = objective_for(
-            self.model, self.train_data, k=o.k, backend=settings.run.backend, generator=self.gibbs_gen,
-            valid=self.valid_data,
-        )
-        self.epoch = 0  # completed epochs
+        self.plan = [("rbm", o.pretrain_rbm_epochs), ("rnn", o.pretrain_rnn_epochs), ("fine", o.epochs)]
+        self.epoch = 0  # completed epochs, all stages
         self.progress: dict[str, Any] | None = None  # mid-epoch position
         self.best: dict[str, Any] | None = None
+        self.evals_since_best = 0  # validation LL estimates since the best one (early stopping)
+        self.stopped_early = False
         self.last_metrics: dict[str, Any] = {}
         self.run_dir: Path | None = Path(settings.run.run_dir) if settings.run.run_dir else None
         self.lock: rundir.RunLock | None = None
+        self.stage: Stage = self._stage(self.stage_of(self.epoch))
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        o = self.settings.optim
+    # -- stages ---------------------------------------------------------------------------
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(n for _, n in self.plan)
+
+    def stage_of(self, completed: int) -> str:
+        """The stage that epoch ``completed + 1`` belongs to (fine-tuning past the end)."""
+        for name, n in self.plan:
+            if completed < n:
+                return name
+            completed -= n
+        return "fine"
+
+    def fine_epoch(self, epoch: int) -> int:
+        """Epoch number within fine-tuning (1-based) of overall epoch ``epoch``."""
+        return epoch - self.plan[0][1] - self.plan[1][1]
+
+    @property
+    def objective(self):
+        return self.stage.objective
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.stage.optimizer
+
+    def _stage(self, name: str) -> Stage:
+        o, model = self.settings.optim, self.model
+        backend, parts = self.settings.run.backend, model.parameter_parts()
+        if name == "rbm":
+            # every frame its own sequence: chunks of one frame, shuffled, `chunk` per update
+            frames = [f[None] for s in self.train_sequences for f in s]
+            data = ChunkedData(frames, 1, self.device)
+            valid = ChunkedData([f[None] for s in self.valid_sequences for f in s], 1, self.device) if self.valid_sequences else None
+            objective = objective_for(model, data, k=o.k, backend=backend, generator=self.gibbs_gen, valid=valid)
+            params = parts["rbm"]
+            optimizer = torch.optim.SGD(params, lr=o.pretrain_rbm_lr, momentum=o.momentum, nesterov=o.momentum > 0)
+            return Stage(name, objective, data, valid, o.chunk, params, optimizer)
+        if name == "rnn":
+            objective = objective_for(model, self.train_data, k=o.k, objective="rnn-prediction")
+            params = parts["rnn"] + [model.bv]
+            optimizer = torch.optim.Adam(params, lr=o.pretrain_rnn_lr)
+            return Stage(name, objective, self.train_data, self.valid_data, o.batch, params, optimizer)
+        objective = objective_for(model, self.train_data, k=o.k, backend=backend, generator=self.gibbs_gen,
+                                  valid=self.valid_data)
+        if o.lr_rbm is None and o.lr_rnn is None:
+            groups = [{"params": list(model.parameters())}]
+        else:
+            groups = [{"params": parts["rbm"], "lr": o.lr_rbm or o.lr}, {"params": parts["rnn"], "lr": o.lr_rnn or o.lr}]
         if o.optimizer == "adam":
-            return torch.optim.Adam(self.model.parameters(), lr=o.lr)
-        return torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
+            optimizer = torch.optim.Adam(groups, lr=o.lr)
+        else:
+            optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
+        scheduler = None
+        if o.lr_schedule == "exp":
+            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=o.lr_decay)
+        elif o.lr_schedule == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=o.lr_decay,
+                                                                   patience=o.lr_patience)
+        return Stage(name, objective, self.train_data, self.valid_data, o.batch, list(model.parameters()), optimizer, scheduler)
 
     # -- checkpoints --------------------------------------------------------------------
 
@@ -163,22 +247,32 @@ class Trainer:
             "settings": self.settings.sections(),
             "data": self.data_meta,
             "epoch": self.epoch,
-            "optimizer_state": self.optimizer.state_dict(),
+            "stage": self.stage.name,
+            "optimizer_state": self.stage.optimizer.state_dict(),
+            "scheduler_state": self.stage.scheduler.state_dict() if self.stage.scheduler is not None else None,
             "rng": {"shuffle": self.shuffle_gen.get_state(), "gibbs": self.gibbs_gen.get_state()},
             "progress": self.progress,
-            "metrics": {"last": self.last_metrics, "best": self.best},
+            "metrics": {"last": self.last_metrics, "best": self.best, "evals_since_best": self.evals_since_best,
+                        "stopped_early": self.stopped_early},
         }
 
     def load_state(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload["model_state"])
-        self.optimizer.load_state_dict(payload["optimizer_state"])
         self.shuffle_gen.set_state(payload["rng"]["shuffle"])
         self.gibbs_gen.set_state(payload["rng"]["gibbs"].to("cpu"))
         self.epoch = int(payload["epoch"])
         self.progress = payload.get("progress")
+        saved_stage = payload.get("stage", "fine")
+        # the optimiser state belongs to the stage the checkpoint was written in
+        self.stage = self._stage(saved_stage)
+        self.stage.optimizer.load_state_dict(payload["optimizer_state"])
+        if self.stage.scheduler is not None and payload.get("scheduler_state") is not None:
+            self.stage.scheduler.load_state_dict(payload["scheduler_state"])
         metrics = payload.get("metrics") or {}
         self.best = metrics.get("best")
         self.last_metrics = metrics.get("last") or {}
+        self.evals_since_best = int(metrics.get("evals_since_best") or 0)
+        self.stopped_early = bool(metrics.get("stopped_early"))
 
     def _params_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
@@ -217,17 +311,23 @@ class Trainer:
             self.release()
 
     def _train(self) -> TrainResult:
-        o = self.settings.optim
         self.callbacks.on_start({
             "run_dir": str(self.run_dir), "device": str(self.device), "backend": self.objective.backend,
             "train_sequences": self.train_data.n_sequences, "train_frames": self.train_data.n_frames,
-            "train_chunks": len(self.train_data.chunks), "epoch": self.epoch, "epochs": o.epochs,
+            "train_chunks": len(self.train_data.chunks), "epoch": self.epoch, "epochs": self.total_epochs,
         })
-        message = self.objective.compile_message()
-        if message is not None and self.epoch < o.epochs:
-            self.callbacks.on_message(message)
-            self.objective.warm_up()  # compile now, so that epoch 1's time is training only
-        while self.epoch < o.epochs:
+        announced = None
+        while self.epoch < self.total_epochs and not self.stopped_early:
+            name = self.stage_of(self.epoch)
+            if name != self.stage.name:
+                self.stage = self._stage(name)
+            if announced != name:
+                announced = name
+                self.callbacks.on_stage(name, dict(self.plan).get(name, 0))
+                message = self.objective.compile_message()
+                if message is not None:
+                    self.callbacks.on_message(message)
+                    self.objective.warm_up()  # compile now, so that the epoch's time is training only
             metrics = self._run_epoch(self.epoch + 1)
             self.epoch += 1
             self.progress = None
@@ -237,6 +337,11 @@ class Trainer:
             # metrics after the checkpoint: a crash in between costs a line, never a mismatch
             rundir.append_metrics(self.run_dir, metrics)
             self.callbacks.on_epoch_end(metrics)
+            if self.stopped_early:
+                self.callbacks.on_message(
+                    f"Stopped early: validation LL has not improved for {self.settings.optim.patience} estimates; "
+                    f"best.pt is epoch {self.best['epoch']}."
+                )
         if not (self.run_dir / "checkpoint.pt").exists():  # --epochs 0: the initial model
             self.save()
         if not (self.run_dir / "best.pt").exists():
@@ -247,7 +352,8 @@ class Trainer:
         )
 
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
-        o, data, model, objective = self.settings.optim, self.train_data, self.model, self.objective
+        o, stage, model = self.settings.optim, self.stage, self.model
+        data, objective, optimizer = stage.data, stage.objective, stage.optimizer
         model.train()
         if self.progress is not None:  # resuming inside an epoch
             p = self.progress
@@ -255,17 +361,19 @@ class Trainer:
             monitor_sum, cost_sum = float(p["monitor_sum"]), float(p["cost_sum"])
             seconds_before, frames_done = float(p["seconds"]), int(p["frames"])
         else:
-            order, first = data.epoch_order(o.batch, self.shuffle_gen), 0
+            order, first = data.epoch_order(stage.batch, self.shuffle_gen), 0
             monitor_sum, cost_sum = 0.0, 0.0
             seconds_before, frames_done = 0.0, 0
-        batches = order.split(o.batch)
+        batches = order.split(stage.batch)
         n_updates = len(batches)
         self.callbacks.on_epoch_start(epoch, n_updates, first)
         t0 = time.perf_counter()
         for u in range(first, n_updates):
-            self.optimizer.zero_grad(set_to_none=False)
+            optimizer.zero_grad(set_to_none=False)
             stats = objective.gradients(batches[u])
-            self.optimizer.step()
+            if o.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(stage.params, o.clip_grad)
+            optimizer.step()
             # sums stay tensors on the device: no synchronisation per update
             monitor_sum = monitor_sum + stats.monitor
             cost_sum = cost_sum + stats.cost
@@ -282,16 +390,17 @@ class Trainer:
             raise TrainingDiverged(f"training diverged in epoch {epoch}: the cost or a parameter is NaN or infinite; {self._kept()} Try a smaller --lr.")
         metrics = {
             "epoch": epoch,
+            "stage": stage.name,
             "train_monitor": train_monitor,
             "train_cost": train_cost,
             "valid_monitor": self.valid_monitor(),
             "seconds": seconds,
             "frames_per_second": frames_done / seconds if seconds > 0 else None,
             "updates": n_updates,
+            "lr": optimizer.param_groups[0]["lr"],
         }
-        e = self.settings.eval
-        if e.eval_every and epoch % e.eval_every == 0 and self.valid_sequences:
-            metrics.update(self.valid_log_likelihood())
+        if stage.name == "fine":
+            self._validate(epoch, metrics)
         metrics["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         if self.stop.signum is not None:  # a signal during the last update or validation
             self.epoch, self.progress = epoch, None
@@ -302,6 +411,24 @@ class Trainer:
             self.callbacks.on_epoch_end(metrics)
             raise TrainingInterrupted(self.stop.signum, self.run_dir, epoch, None)
         return metrics
+
+    def _validate(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """Validation LL when due (every eval_every fine-tuning epochs, and the last), then
+        the schedule and early stopping."""
+        e, o, sched = self.settings.eval, self.settings.optim, self.stage.scheduler
+        n = self.fine_epoch(epoch)
+        due = e.eval_every and self.valid_sequences and (n % e.eval_every == 0 or epoch == self.total_epochs)
+        if due:
+            metrics.update(self.valid_log_likelihood())
+            improved = self.best is None or self.best.get("metric") != "valid_ll" or metrics["valid_ll"] > self.best["value"]
+            self.evals_since_best = 0 if improved else self.evals_since_best + 1
+            if o.patience and self.evals_since_best >= o.patience:
+                self.stopped_early = True
+                metrics["stopped_early"] = True
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(metrics["valid_ll"])
+        if isinstance(sched, torch.optim.lr_scheduler.ExponentialLR):
+            sched.step()
 
     def _kept(self) -> str:
         if (self.run_dir / "checkpoint.pt").exists():
@@ -319,42 +446,48 @@ class Trainer:
         raise TrainingInterrupted(self.stop.signum, self.run_dir, epoch, update)
 
     def _update_best(self, metrics: dict[str, Any]) -> bool:
-        """Is this epoch the best so far? By validation LL when it is measured (--eval-every),
-        else by the validation monitor; with no validation data the latest is the best."""
-        key = "valid_ll" if self.settings.eval.eval_every else "valid_monitor"
+        """Is this epoch the best so far? By validation LL when it is measured (eval_every),
+        else by the validation monitor; with no validation data the latest is the best.
+        Pretraining epochs are never the best: they train a part of the model only."""
+        if metrics.get("stage", "fine") != "fine":
+            return False
+        key = "valid_ll" if self.settings.eval.eval_every and self.valid_sequences else "valid_monitor"
         value = metrics.get(key)
         if value is None:
             return self.best is None
-        if self.best is None or value > self.best["value"]:
+        if self.best is None or self.best.get("metric") != key or value > self.best["value"]:
             self.best = {"metric": key, "value": value, "epoch": metrics["epoch"]}
             return True
         return False
 
     @torch.no_grad()
     def valid_monitor(self) -> float | None:
-        """The monitor on the validation split, with a fixed seed so that epochs compare."""
-        if self.valid_data is None:
+        """The stage's monitor on the validation split, with a fixed seed so that epochs compare."""
+        if self.stage.valid is None:
             return None
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(self.settings.run.seed + 2)
         try:
-            return self.objective.monitor(self.valid_data, gen)
+            return self.objective.monitor(self.stage.valid, gen)
         finally:
             self.model.train()
 
     def valid_log_likelihood(self) -> dict[str, Any]:
-        """AIS estimate of the validation log-likelihood on a fixed random frame subset."""
-        from rnnrbm_cli.evaluate import log_likelihood
+        """Validation log-likelihood on a fixed random frame subset (AIS, or exact)."""
+        from rnnrbm_cli.evaluate import exact_likelihood, log_likelihood
 
         e = self.settings.eval
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(self.settings.run.seed + 3)
+        t0 = time.perf_counter()
         res = log_likelihood(
             self.model, self.valid_sequences, chains=e.eval_chains, betas=e.eval_betas,
-            max_frames=e.eval_frames, generator=gen, backend=self.settings.run.backend,
+            # an exact likelihood is cheap: all validation frames then
+            max_frames=None if exact_likelihood(self.model) else e.eval_frames, generator=gen,
+            backend=self.settings.run.backend,
         )
         self.model.train()
-        return {"valid_ll": res.mean, "valid_ll_stderr": res.stderr}
+        return {"valid_ll": res.mean, "valid_ll_stderr": res.stderr, "valid_ll_seconds": time.perf_counter() - t0}
 
 
 def _load_data(settings: Settings, cache_dir=None, mirror=None):

@@ -202,7 +202,7 @@ def small_settings(toy_npz: Path, run_dir: Path, **kw):
     from rnnrbm_cli.config import resolve_settings
 
     values = {"data": str(toy_npz), "n_hidden": 16, "n_recurrent": 8, "k": 1, "lr": 0.05, "chunk": 12,
-              "batch": 1, "epochs": 4, "seed": 3, "run_dir": str(run_dir), "device": "cpu"}
+              "batch": 1, "epochs": 4, "seed": 3, "run_dir": str(run_dir), "device": "cpu", "eval_every": 0}
     values.update(kw)
     return resolve_settings(values)
 

@@ -98,14 +98,11 @@ def test_non_binary_data_falls_back_to_torch_or_is_refused(tmp_path):
 def test_a_learning_rate_edited_in_param_groups_takes_effect(toy_npz, tmp_path, backend):
     # Three runs from the same start: lr 0.05 throughout; lr 0.05 then set to 0 after the
     # first update (nothing may move after it); and lr 0.05 then 0.5 (it must move further).
-    class SetLR:
+    from rnnrbm_cli.train import Callbacks
+
+    class SetLR(Callbacks):
         def __init__(self, trainer, lr):
             self.trainer, self.lr = trainer, lr
-
-        def on_start(self, info): ...
-        def on_epoch_start(self, *a): ...
-        def on_epoch_end(self, m): ...
-        def on_message(self, text): ...
 
         def on_update(self, epoch, update, n_updates):
             if update == 1:
