@@ -19,7 +19,7 @@ from rnnrbm_cli.cli import (
 @click.option("--data", help="Registry name, prepared .npz, or a MIDI folder/zip (prepared first).  [default: nottingham]")
 @click.option("--source", type=click.Choice(["rolls", "midi"]), help="For a registry name: the benchmark rolls or the source MIDI.  [default: rolls]")
 @click.option("--dt", type=click.FloatRange(min=0, min_open=True), help="Seconds per frame with --source midi.  [default: 0.3]")
-@click.option("--epochs", type=click.IntRange(min=0), help="Passes over the training split (total, also with --resume).  [default: 200]")
+@click.option("--epochs", type=click.IntRange(min=0), help="Fine-tuning passes over the training split, after any pretraining (the total, also with --resume).  [default: 200]")
 @click.option("--device", help="auto, cpu or cuda.  [default: auto]")
 @click.option("--seed", type=int, help="Seed for initialisation, shuffling and sampling.  [default: 1234]")
 @click.option("--model", "model_type", type=click.Choice(["rnn-rbm", "rnn-nade"]), help="The model: RNN-RBM (CD-k) or RNN-NADE (exact likelihood).  [default: rnn-rbm]")
@@ -29,14 +29,25 @@ from rnnrbm_cli.cli import (
 @click.option("--learn-u0/--no-learn-u0", default=None, help="Learn the initial RNN state (the paper) instead of u(0) = 0.")
 @click.option("--k", type=click.IntRange(min=1), help="Gibbs steps of CD-k.  [default: 15]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate.  [default: 0.001]")
+@click.option("--lr-rbm", type=click.FloatRange(min=0, min_open=True), help="Learning rate of the RBM (NADE) part: W, bv, bh.  [default: --lr]")
+@click.option("--lr-rnn", type=click.FloatRange(min=0, min_open=True), help="Learning rate of the RNN part: recurrence, Wuv, Wuh, u0.  [default: --lr]")
+@click.option("--lr-schedule", type=click.Choice(["constant", "exp", "plateau"]), help="constant; exp: x lr-decay every epoch; plateau: x lr-decay when validation LL stalls.  [default: constant]")
+@click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), help="Factor of the exp and plateau schedules.  [default: 0.5]")
+@click.option("--lr-patience", type=click.IntRange(min=0), help="Plateau schedule: decay when more than N estimates have not improved.  [default: 2]")
+@click.option("--clip-grad", type=click.FloatRange(min=0), help="Clip the gradient's norm to this (0 = never).  [default: 0]")
+@click.option("--patience", type=click.IntRange(min=0), help="Stop when validation LL has not improved for N estimates (0 = never).  [default: 10]")
+@click.option("--pretrain-rbm-epochs", type=click.IntRange(min=0), help="First train the RBM alone on shuffled frames for N epochs.  [default: 0]")
+@click.option("--pretrain-rbm-lr", type=click.FloatRange(min=0, min_open=True), help="SGD learning rate of RBM pretraining.  [default: 0.01]")
+@click.option("--pretrain-rnn-epochs", type=click.IntRange(min=0), help="Then train the RNN alone (cross-entropy prediction of each frame) for N epochs.  [default: 0]")
+@click.option("--pretrain-rnn-lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate of RNN pretraining.  [default: 0.003]")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), help="Optimiser.  [default: sgd]")
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), help="Nesterov momentum for SGD.  [default: 0]")
 @click.option("--chunk", type=click.IntRange(min=1), help="Frames per chunk.  [default: 100]")
 @click.option("--batch", type=click.IntRange(min=1), help="Chunks per update (1 = the tutorial).  [default: 1]")
-@click.option("--eval-every", type=click.IntRange(min=0), help="Estimate validation LL every N epochs (0 = never).  [default: 0]")
-@click.option("--eval-frames", type=click.IntRange(min=1), help="Validation frames for that estimate.  [default: 2000]")
-@click.option("--eval-chains", type=click.IntRange(min=1), help="AIS chains for that estimate.  [default: 100]")
-@click.option("--eval-betas", type=click.IntRange(min=1), help="AIS inverse temperatures for that estimate.  [default: 300]")
+@click.option("--eval-every", type=click.IntRange(min=0), help="Estimate validation LL every N epochs and after the last; best.pt and early stopping follow it (0 = never).  [default: 5]")
+@click.option("--eval-frames", type=click.IntRange(min=1), help="Validation frames for that estimate (a fixed subset).  [default: 500]")
+@click.option("--eval-chains", type=click.IntRange(min=1), help="AIS chains for that estimate.  [default: 50]")
+@click.option("--eval-betas", type=click.IntRange(min=1), help="AIS inverse temperatures for that estimate.  [default: 100]")
 @click.option("--backend", type=click.Choice(_BACKENDS), help="Who computes: auto (the compiled CPU kernels on CPU, torch on CUDA), torch or numba.  [default: auto]")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory.  [default: a new runs/<data>-<timestamp>]")
 @click.option("--preset", type=click.Choice(["tutorial"]), help="Start from a named set of settings (flags and --config override it).")
@@ -118,19 +129,27 @@ class _TrainProgress:
     def __init__(self, quiet_stdout: bool) -> None:
         self.bar = None
         self.epochs = 0
+        self.stage = "training"
 
     def on_start(self, info) -> None:
         self.epochs = info["epochs"]
         err_console.print(
-            f"Run directory: {info['run_dir']}  (device {info['device']}, {info['train_sequences']} sequences, "
-            f"{info['train_frames']:,} frames, {info['train_chunks']:,} chunks)"
+            f"Run directory: {info['run_dir']}  (device {info['device']}, {info['train_sequences']:,} sequence{'s' if info['train_sequences'] != 1 else ''}, "
+            f"{info['train_frames']:,} frames, {info['train_chunks']:,} chunk{'s' if info['train_chunks'] != 1 else ''})"
         )
+
+    def on_stage(self, stage, epochs) -> None:
+        from rnnrbm_cli.train import STAGE_NAMES
+
+        self.stage = STAGE_NAMES.get(stage, stage)
+        if stage != "fine":
+            err_console.print(f"{self.stage}: {epochs} epoch{'s' if epochs != 1 else ''}")
 
     def on_epoch_start(self, epoch, n_updates, first_update) -> None:
         from tqdm import tqdm
 
         self.close()
-        self.bar = tqdm(total=n_updates, initial=first_update, desc=f"epoch {epoch}/{self.epochs}", unit="upd",
+        self.bar = tqdm(total=n_updates, initial=first_update, desc=f"{self.stage}, epoch {epoch}/{self.epochs}", unit="upd",
                         leave=False, file=sys.stderr, dynamic_ncols=True, disable=None)
 
     def on_update(self, epoch, update, n_updates) -> None:
@@ -139,7 +158,8 @@ class _TrainProgress:
 
     def on_epoch_end(self, m) -> None:
         self.close()
-        parts = [f"epoch {m['epoch']:>4}/{self.epochs}", f"train monitor {m['train_monitor']:8.3f}"]
+        stage = "" if m.get("stage", "fine") == "fine" else f"[{m['stage']}] "
+        parts = [f"{stage}epoch {m['epoch']:>4}/{self.epochs}", f"train monitor {m['train_monitor']:8.3f}"]
         if m.get("valid_monitor") is not None:
             parts.append(f"valid monitor {m['valid_monitor']:8.3f}")
         if m.get("valid_ll") is not None:
