@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import shutil
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -48,10 +50,37 @@ MODELS: dict[str, tuple[type, type]] = {
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (tensors and plain values) atomically to ``path``."""
+    """Write ``payload`` (tensors and plain values) atomically to ``path``.
+
+    A failed write (a full disk, a read-only or missing folder) is one RnnrbmError
+    sentence; the file that was at ``path`` is left as it was and no partial file remains.
+    """
+    path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, **payload}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except OSError as e:
+        raise RnnrbmError(f"cannot write checkpoint {path} ({e.strerror or e}); {_kept(path)}") from None
+    except RuntimeError as e:  # torch's zip writer: "[enforce fail at inline_container.cc:...] ... file write failed"
+        detail = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", " ".join(str(e).split())) or type(e).__name__
+        raise RnnrbmError(f"cannot write checkpoint {path} ({detail}{_free_space(path)}); {_kept(path)}") from None
+
+
+def _kept(path: Path) -> str:
+    if path.is_file():
+        return f"the previous {path.name} is kept unchanged."
+    return "nothing was written."
+
+
+def _free_space(path: Path) -> str:
+    """"; N MiB free on that disk", since torch's writer does not say why a write failed
+    (the partial file is gone by now, so this is what was free before the write)."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return ""
+    return f"; {free / 2**20:,.0f} MiB free on that disk" if free >= 2**20 else f"; {free:,} bytes free on that disk"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -64,6 +93,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise RnnrbmError(f"checkpoint {path} does not exist.")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as e:  # permissions, a failing disk: the file may be fine
+        raise RnnrbmError(f"cannot read checkpoint {path}: {e.strerror or e}.") from None
+    except MemoryError:
+        raise RnnrbmError(f"cannot read checkpoint {path}: not enough memory to load it.") from None
     except pickle.UnpicklingError:
         # weights_only refuses any global it does not know: this is where a crafted
         # file that would run code ends up, before its code runs (and some corrupt ones).
@@ -111,6 +144,36 @@ def model_config_from(payload: dict[str, Any]):
         raise RnnrbmError(f"the checkpoint's model_config is invalid: {e}.") from None
 
 
+def _state_problem(expected: dict[str, torch.Tensor], state: Any, shown: int = 4) -> str | None:
+    """What is wrong with a stored state dict, the useful part first: names missing,
+    unexpected or not tensors, and shapes that differ (at most ``shown`` of each); None if nothing."""
+    if not isinstance(state, dict):
+        return f"model_state is a {type(state).__name__}, not a dict of tensors"
+
+    def names(items: list[str]) -> str:
+        more = f" and {len(items) - shown} more" if len(items) > shown else ""
+        return ", ".join(items[:shown]) + more
+
+    problems = []
+    missing = [k for k in expected if k not in state]
+    unexpected = sorted(str(k) for k in state if k not in expected)
+    foreign = [k for k in expected if k in state and not isinstance(state[k], torch.Tensor)]
+    shapes = [
+        f"{k} is {tuple(state[k].shape)} where the config needs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape
+    ]
+    if missing:
+        problems.append(f"missing {names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {names(unexpected)}")
+    if foreign:
+        problems.append(f"not tensors: {names(foreign)}")
+    if shapes:
+        problems.append(names(shapes))
+    return "; ".join(problems) or None
+
+
 def build_model(config: ModelConfig, generator: torch.Generator | None = None) -> torch.nn.Module:
     """A fresh model of ``config.model_type``, initialised from ``generator``."""
     return MODELS[config.model_type][0](config, generator=generator)
@@ -127,11 +190,14 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     if config.model_type != model_type_of(payload):
         raise RnnrbmError(f"{path} is inconsistent: its model_type is {model_type_of(payload)!r} but its model_config says {config.model_type!r}.")
     model = build_model(config)
-    try:
-        model.load_state_dict(payload["model_state"])
-    except (RuntimeError, TypeError, AttributeError) as e:
-        detail = " ".join(str(e).split())
-        raise RnnrbmError(f"{path}: the stored weights do not fit the stored model config ({detail[:400]}).") from None
+    problem = _state_problem(model.state_dict(), payload["model_state"])
+    if problem is None:
+        try:
+            model.load_state_dict(payload["model_state"])
+        except (RuntimeError, TypeError, AttributeError, ValueError) as e:
+            problem = " ".join(str(e).replace("Error(s) in loading state_dict for", "").split())[:300]
+    if problem is not None:
+        raise RnnrbmError(f"{path}: the stored weights do not fit the stored model config ({problem}).") from None
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         raise RnnrbmError(f"{path} holds NaN or infinite weights ({', '.join(bad)}); it cannot be used, take an earlier checkpoint.")

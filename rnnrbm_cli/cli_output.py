@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from rnnrbm_cli.cli import (
     _EVAL_DEFAULTS, _backend_option, _cache_dir_option, cli,
-    err_console, out_console, print_json,
+    err_console, fail, out_console, print_json,
 )
 
 
@@ -120,18 +120,50 @@ def plot_cmd(source: Path, as_json: bool, **options) -> None:
 
 
 class _EvalProgress:
-    """A tqdm bar on stderr per stage of an evaluation (hidden when stderr is not a terminal)."""
+    """Progress of an evaluation on stderr, stage by stage.
 
-    def __init__(self) -> None:
+    On a terminal, a tqdm bar per stage. Elsewhere (a log file, CI, nohup), plain lines: one
+    when a stage starts, then at most one every ``interval`` seconds with frames done, rate
+    and time left, and one when it ends, so that a long evaluation is never silent.
+    """
+
+    def __init__(self, *, interval: float = 10.0, clock=None, terminal: bool | None = None) -> None:
+        import time
+
         self.bars: dict = {}
+        self.interval = interval
+        self.clock = clock or time.monotonic
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self.started: dict[str, float] = {}  # stage -> when it started
+        self.said: dict[str, float | None] = {}  # stage -> when a line was last printed (None: ended)
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.terminal:
+            self._bar(stage, done, total)
+            return
+        now = self.clock()
+        if stage not in self.started:
+            self.started[stage] = self.said[stage] = now
+            click.echo(f"{stage}: {total:,} frames", err=True)
+        elapsed = now - self.started[stage]
+        rate = done / elapsed if elapsed > 0 else None
+        per_second = f", {rate:,.0f} frames/s" if rate else ""
+        if done >= total:
+            if self.said.get(stage) is not None:
+                click.echo(f"{stage}: {total:,} frames in {_duration(elapsed)}{per_second}", err=True)
+            self.said[stage] = None  # ended: nothing more to say
+        elif self.said[stage] is not None and now - self.said[stage] >= self.interval and rate:
+            self.said[stage] = now
+            click.echo(f"{stage}: {done:,}/{total:,} frames ({done / total:.0%}){per_second}, "
+                       f"about {_duration((total - done) / rate)} left", err=True)
+
+    def _bar(self, stage: str, done: int, total: int) -> None:
         from tqdm import tqdm
 
         bar = self.bars.get(stage)
         if bar is None:
             bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="frame", leave=False, file=sys.stderr,
-                                          dynamic_ncols=True, disable=None)
+                                          dynamic_ncols=True)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
@@ -139,6 +171,16 @@ class _EvalProgress:
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
+
+
+def _duration(seconds: float) -> str:
+    """12 s, 3 min 05 s, 1 h 02 min."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 @cli.command("evaluate")
@@ -174,6 +216,7 @@ def evaluate_cmd(checkpoint, data, split, chains, betas, samples, gibbs, max_fra
       rnnrbm evaluate runs/nottingham/best.pt --split test --max-frames 2000
     """
     from rnnrbm_cli.evaluate import evaluate_checkpoint
+    from rnnrbm_cli.sample import out_of_memory
 
     progress = _EvalProgress()
     try:
@@ -182,6 +225,10 @@ def evaluate_cmd(checkpoint, data, split, chains, betas, samples, gibbs, max_fra
             max_frames=max_frames, seed=seed, device=device, backend=backend, cache_dir=cache_dir, mirror=mirror,
             progress=progress,
         )
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        fail(f"ran out of memory evaluating {checkpoint}; lower --chains or --samples, or use --max-frames.")
     finally:
         progress.close()
     if as_json:

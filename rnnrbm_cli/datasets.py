@@ -15,7 +15,14 @@ The prepared file (``np.load(path, allow_pickle=False)`` reads it) holds, for ea
 s in train, valid, test, ``s_rolls`` (uint8, shape (total frames, 88): the split's
 sequences one after another) and ``s_lengths`` (int64, shape (n sequences,)), and ``meta``,
 a 0-d unicode array holding a JSON object that says where the data came from and how it
-was gridded (see ``prepare``).
+was gridded (see ``prepare``), with ``content_sha256``, the digest of the rolls themselves
+(see ``content_sha256``): the same data written again has the same one.
+
+A default output name is keyed by its source: a registry dataset's is its name
+(``nottingham-rolls-beat2-c.npz``), anything else's adds a digest of the source's resolved
+path and content (``songs-1f0c9a2e-midi-dt0.3-none.npz``), so that two folders called
+``songs`` never share a file. A checkpoint records the sha256 of the file it was trained
+on; ``checkpoint_data`` refuses a file that no longer holds that data.
 
     >>> from rnnrbm_cli.datasets import load_prepared, resolve_data
     >>> data = load_prepared(resolve_data("nottingham"))  # doctest: +SKIP
@@ -134,7 +141,10 @@ def prepare(
         and the benchmark rolls.
     out : path, optional
         Where to write; default ``<cache>/prepared/<dataset>-<kind>-<grid>-<transpose>.npz``
-        (``...-pedal.npz`` with pedal).
+        (``...-pedal.npz`` with pedal) for a registry dataset (or a file recognised as one
+        of its files by its sha256), ``<name>-<digest>-<kind>-...`` for anything else, where
+        digest is 8 hex digits of the sha256 of the source's resolved path and its content
+        (a file's sha256; a folder's MIDI files' names, sizes and modification times).
     cache_dir, mirror : optional
         As for ``registry.fetch``.
     split_ratios : three floats, optional
@@ -167,7 +177,7 @@ def prepare(
     or None), transpose ("none", "c", or None when unknown), split (ratios and seed of a
     seeded split, else None), pedal (True or False for MIDI, None for rolls and pickles,
     whose authors do not say), skipped_files, dropped_notes (notes outside 21..108, left
-    out) and created_by.
+    out), created_by and content_sha256 (of the rolls written, see ``content_sha256``).
     """
     if transpose is not None and transpose not in TRANSPOSE_MODES:
         raise RnnrbmUsageError(f"transpose must be one of {', '.join(TRANSPOSE_MODES)}, not {transpose!r}.")
@@ -254,12 +264,13 @@ def prepare(
         "created_by": f"rnnrbm {__version__}",
     }
     if out is None:
+        label = src.label if src.dataset is not None else f"{src.label}-{_source_digest(src)}"
         out = prepared_path(
-            src.label, src.kind, dt=grid["dt"], beat_division=grid["beat_division"],
+            label, src.kind, dt=grid["dt"], beat_division=grid["beat_division"],
             transpose=transpose, pedal=bool(pedal), cache_dir=cache_dir,
         )
-    out = write_prepared(out, splits, meta)
-    return PrepareResult(Path(out), _summary(splits), meta, skipped, warnings)
+    out, meta = _write_prepared(out, splits, meta)
+    return PrepareResult(out, _summary(splits), meta, skipped, warnings)
 
 
 def _find_source(
@@ -342,6 +353,23 @@ def _sha256(path: Path) -> str:
         raise RnnrbmError(f"cannot read {path}: {e.strerror or e}.") from e
 
 
+def _source_digest(src: _Source) -> str:
+    """8 hex digits naming a source that is not a registry dataset: the sha256 of its
+    resolved path and its content (a file's sha256; for a folder, the names, sizes and
+    modification times of the MIDI files prepare reads, as ``make`` would judge them)."""
+    h = hashlib.sha256(str(src.path.resolve()).encode())
+    if src.sha256 is not None:
+        h.update(b"\0" + src.sha256.encode())
+    else:
+        for f in readers.folder_midi_files(src.path, max_bytes=None):
+            try:
+                st = os.stat(f.name)
+            except OSError as e:
+                raise RnnrbmError(f"cannot read {f.name}: {e.strerror or e}.") from e
+            h.update(f"\0{Path(f.name).relative_to(src.path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:8]
+
+
 def _safe_label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "data"
 
@@ -357,6 +385,8 @@ def prepared_path(
     cache_dir: str | os.PathLike | None = None,
 ) -> Path:
     """``<cache>/prepared/<label>-<kind>-<grid>-<transpose>.npz``, e.g. ``nottingham-rolls-beat2-c.npz``.
+
+    label is a registry dataset's name, or a user source's name and digest (``songs-1f0c9a2e``).
 
     grid is ``dt0.3`` or ``beat2`` (``native`` when unknown); transpose is none or c
     (``native`` when unknown). With pedal the name ends ``-pedal.npz``; without, it is
@@ -422,12 +452,18 @@ def checkpoint_data(
     progress: bool = True,
 ) -> Path:
     """The prepared data for a checkpoint: ``data`` if given, else the file it was trained on
-    (when still there), else what its settings name (prepared again the same way)."""
+    (when still there), else what its settings name (prepared again the same way).
+
+    Without ``data`` the file found must hold the data the checkpoint was trained on
+    (``check_checkpoint_data``), or it is an RnnrbmError; ``data`` given is other data on
+    purpose (evaluate --data) and is not checked.
+    """
     if data is not None:
         return resolve_data(data, cache_dir=cache_dir, mirror=mirror, progress=progress)
     meta = payload.get("data") if isinstance(payload.get("data"), dict) else {}
     path = meta.get("path")
     if isinstance(path, str) and Path(path).is_file():
+        check_checkpoint_data(payload, path)
         return Path(path)
     settings = payload.get("settings") if isinstance(payload.get("settings"), dict) else {}
     spec = settings.get("data") if isinstance(settings.get("data"), dict) else payload.get("train_config") or {}
@@ -436,15 +472,55 @@ def checkpoint_data(
         name = meta.get("dataset")
     if not isinstance(name, str) or not name:
         raise RnnrbmUsageError("the checkpoint does not say which data it was trained on; pass --data.")
-    return resolve_data(name, source=spec.get("source"), dt=spec.get("dt"), cache_dir=cache_dir, mirror=mirror,
-                        progress=progress)
+    found = resolve_data(name, source=spec.get("source"), dt=spec.get("dt"), cache_dir=cache_dir, mirror=mirror,
+                         progress=progress)
+    check_checkpoint_data(payload, found)
+    return found
+
+
+def check_checkpoint_data(payload: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse, in one sentence, a prepared file that is not the data a checkpoint was trained on.
+
+    The checkpoint's ``data`` records ``sha256``, of the file it was trained on, and
+    ``content_sha256``, of that file's rolls (``content_sha256``). ``path`` passes when its
+    sha256 is the recorded one, or when its rolls' digest is: the same data written again
+    (prepared anew, with another zip timestamp) is the same data. A checkpoint that records
+    neither (it predates them) is not checked. Otherwise RnnrbmError naming both files.
+    """
+    meta = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+    file_sha, rolls_sha = meta.get("sha256"), meta.get("content_sha256")
+    if not isinstance(file_sha, str) and not isinstance(rolls_sha, str):
+        return
+    path = Path(path)
+    file_now = _sha256(path)
+    if file_now == file_sha:
+        return
+    rolls_now = load_prepared(path).meta["content_sha256"]
+    if rolls_now == rolls_sha:
+        return
+    then, now = (file_sha, file_now) if isinstance(file_sha, str) else (rolls_sha, rolls_now)
+    recorded = meta.get("path")
+    trained_on = f"{recorded} (sha256 {then[:12]})" if isinstance(recorded, str) else f"data of sha256 {then[:12]}"
+    raise RnnrbmError(
+        f"the checkpoint was trained on {trained_on}, but {path} holds other data (sha256 {now[:12]}); "
+        "prepare that data again from the same source with the same options, or evaluate other data on purpose "
+        "with --data."
+    )
 
 
 # -- the prepared file -------------------------------------------------------------------
 
 
 def write_prepared(path: str | os.PathLike, splits: dict[str, list[np.ndarray]], meta: dict) -> Path:
-    """Write splits (split -> sequences of (T, 88) 0/1 rolls) and meta to ``path`` atomically."""
+    """Write splits (split -> sequences of (T, 88) 0/1 rolls) and meta to ``path`` atomically.
+
+    The meta written is ``meta`` with ``content_sha256`` set to the digest of these rolls.
+    """
+    return _write_prepared(path, splits, meta)[0]
+
+
+def _write_prepared(path: str | os.PathLike, splits: dict[str, list[np.ndarray]], meta: dict) -> tuple[Path, dict]:
+    """write_prepared, returning the path and the meta as written."""
     arrays = {}
     for split in SPLITS:
         sequences = splits.get(split, [])
@@ -452,6 +528,7 @@ def write_prepared(path: str | os.PathLike, splits: dict[str, list[np.ndarray]],
         rolls = np.concatenate(sequences) if sequences else np.zeros((0, N_KEYS))
         arrays[f"{split}_rolls"] = rolls.astype(np.uint8).reshape(-1, N_KEYS)
         arrays[f"{split}_lengths"] = lengths
+    meta = {**meta, "content_sha256": content_sha256(arrays)}
     arrays["meta"] = np.array(json.dumps(meta))
     path = Path(path)
     try:
@@ -459,11 +536,30 @@ def write_prepared(path: str | os.PathLike, splits: dict[str, list[np.ndarray]],
             np.savez_compressed(f, **arrays)
     except OSError as e:
         raise RnnrbmError(f"cannot write {path}: {e.strerror or e}.") from e
-    return path
+    return path, meta
+
+
+def content_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """The digest of a prepared file's data, whatever the file's bytes (zip timestamps,
+    compression, meta): sha256 over, for each split in train, valid, test, its name, a NUL,
+    ``{split}_lengths`` as little-endian int64 and ``{split}_rolls`` as row-major uint8.
+
+    arrays : ``{split}_rolls`` (frames, 88) uint8 and ``{split}_lengths`` (n,) int64 per split.
+    """
+    h = hashlib.sha256()
+    for split in SPLITS:
+        h.update(split.encode() + b"\0")
+        h.update(np.ascontiguousarray(arrays[f"{split}_lengths"], dtype="<i8").tobytes())
+        h.update(np.ascontiguousarray(arrays[f"{split}_rolls"], dtype=np.uint8).reshape(-1))  # no copy
+    return h.hexdigest()
 
 
 def load_prepared(path: str | os.PathLike) -> PreparedData:
-    """Read a prepared ``.npz``; RnnrbmError in one sentence if it is not one."""
+    """Read a prepared ``.npz``; RnnrbmError in one sentence if it is not one.
+
+    ``meta["content_sha256"]`` is always the digest of the rolls as read (computed here,
+    so that files written before it existed have one too, and a stored one cannot lie).
+    """
     path = Path(path)
     hint = "make one with `rnnrbm prepare`"
 
@@ -505,6 +601,7 @@ def load_prepared(path: str | os.PathLike) -> PreparedData:
         if rolls.size and rolls.max() > 1:
             raise bad(f"{split}_rolls holds values other than 0 and 1")
         splits[split] = np.split(rolls, np.cumsum(lengths)[:-1]) if len(lengths) else []
+    meta["content_sha256"] = content_sha256(arrays)
     return PreparedData(splits, meta)
 
 
@@ -533,6 +630,11 @@ def load_sequence(
     elif split not in splits:
         raise RnnrbmUsageError(f"{path} has no split {split!r}; it has {', '.join(sorted(splits))}.")
     sequences = splits[split]
+    if not sequences:
+        others = [f"{s} {len(splits[s])}" for s in splits if splits[s]]
+        if not others:
+            raise RnnrbmError(f"{path} holds no sequences.")
+        raise RnnrbmUsageError(f"{path} has no {split} sequences (it has {', '.join(others)}); choose another --split.")
     if index is None:
         index = 0
     if not 0 <= index < len(sequences):

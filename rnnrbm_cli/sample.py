@@ -36,9 +36,14 @@ from rnnrbm_cli.device import resolve_device
 from rnnrbm_cli.engines import sampler_for
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.model import RNNRBM
-from rnnrbm_cli.pianoroll import Grid
+from rnnrbm_cli.pianoroll import N_KEYS, Grid
 
 MIDI_SUFFIXES = (".mid", ".midi")
+# The most cells (pieces x frames x 88 keys) one sample call may generate: 2**28 is 1 GiB
+# of float32 while sampling, 3 million frames in all. Bigger requests are refused before any work.
+MAX_CELLS = 2**28
+# The most pieces (files) one call may write.
+MAX_PIECES = 10_000
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,11 @@ def load_primer(
     steps : keep only the first ``steps`` frames.
     dt : seconds per frame for a MIDI primer when the checkpoint records no grid.
 
+    A prepared primer may be any data on the model's grid. When it is the very file the
+    checkpoint records as its training data (the same file), it must still hold that data
+    (``datasets.check_checkpoint_data``): whoever names it means the training data, and a
+    file prepared again from other sources since would prime with something else silently.
+
     Returns
     -------
     roll : np.ndarray, shape=(T0, 88), dtype=uint8, T0 >= 1
@@ -139,12 +149,14 @@ def load_primer(
     if steps is not None and steps < 1:
         raise RnnrbmUsageError(f"--primer-steps must be at least 1, not {steps}.")
     if source.suffix.lower() == ".npz":
-        from rnnrbm_cli.datasets import load_sequence
+        from rnnrbm_cli.datasets import check_checkpoint_data, load_sequence
 
         if not source.is_file():
             raise RnnrbmError(f"primer {source} does not exist.")
         roll, split, index, meta = load_sequence(source, split, index)
         _check_same_grid(source, meta, data)
+        if _same_file(source, data.get("path")):
+            check_checkpoint_data({"data": data}, source)
     else:
         if split is not None or index is not None:
             raise RnnrbmUsageError("--split and --index choose a sequence of a prepared .npz primer; a MIDI primer has one.")
@@ -163,6 +175,13 @@ def load_primer(
     if roll.shape[0] == 0:
         raise RnnrbmError(f"primer {source} has no frames; give a primer with some music in it.")
     return roll
+
+
+def _same_file(a: Path, b: Any) -> bool:
+    try:
+        return isinstance(b, str) and os.path.samefile(a, b)
+    except OSError:  # the checkpoint's data file is gone
+        return False
 
 
 def _check_same_grid(source: Path, meta: dict[str, Any], data: dict[str, Any]) -> None:
@@ -230,6 +249,29 @@ def _writing(path: Path) -> Iterator[None]:
 # -- sampling ----------------------------------------------------------------------------
 
 
+def check_size(num: int, frames: int, *, n_visible: int = N_KEYS, max_cells: int | None = MAX_CELLS) -> None:
+    """Refuse, before any work, a request for more than ``max_cells`` cells
+    (``num`` pieces x ``frames`` frames x ``n_visible`` keys); None: no limit."""
+    cells = num * frames * n_visible
+    if max_cells is not None and cells > max_cells:
+        raise RnnrbmUsageError(
+            f"{num:,} piece{'s' if num != 1 else ''} of {frames:,} frames is {cells:,} cells, more than the "
+            f"{max_cells:,} one sample may hold (about {cells * 4 / 2**30:,.1f} GiB while sampling); "
+            "lower --num or --steps, or sample in several runs."
+        )
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure: numpy's MemoryError, torch's OutOfMemoryError
+    (CUDA), or the RuntimeError of torch's CPU allocator."""
+    if isinstance(e, MemoryError):
+        return True
+    oom = getattr(torch, "OutOfMemoryError", None)
+    if oom is not None and isinstance(e, oom):
+        return True
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e).lower())
+
+
 def generate_rolls(
     model: RNNRBM,
     num: int,
@@ -239,17 +281,38 @@ def generate_rolls(
     primer: np.ndarray | None = None,
     seed: int = 0,
     backend: str = "auto",
+    max_cells: int | None = MAX_CELLS,
+    on_message: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """``num`` pieces from one batched generate call on ``backend`` (``engines.sampler_for``),
     seeded on the model's device.
 
+    More than ``max_cells`` cells (see :func:`check_size`) is refused before any work, and
+    running out of memory is one RnnrbmError sentence. ``on_message`` hears when the
+    sampler must compile first (the compiled CPU kernels, once per machine).
+
     Returns np.ndarray, shape=(num, T0 + steps, 88), dtype=uint8.
     """
+    frames = steps + (0 if primer is None else len(primer))
+    check_size(num, frames, n_visible=model.config.n_visible, max_cells=max_cells)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     primer_t = torch.from_numpy(np.asarray(primer, dtype=np.float32)) if primer is not None else None
-    rolls = sampler_for(model, backend).generate(num, steps, k, primer_t, generator)
-    return rolls.round().to(torch.uint8).cpu().numpy()
+    sampler = sampler_for(model, backend)
+    compile_message = getattr(sampler, "compile_message", None)  # samplers that compile say so
+    message = compile_message() if callable(compile_message) else None
+    if message and on_message is not None:
+        on_message(message)
+    try:
+        rolls = sampler.generate(num, steps, k, primer_t, generator)
+        return rolls.round().to(torch.uint8).cpu().numpy()
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        raise RnnrbmError(
+            f"ran out of memory sampling {num:,} piece{'s' if num != 1 else ''} of {frames:,} frames on {device}; "
+            "lower --num or --steps, or sample in several runs."
+        ) from None
 
 
 def sample(
@@ -274,6 +337,8 @@ def sample(
     png: bool = False,
     force: bool = False,
     on_message: Callable[[str], None] | None = None,
+    max_cells: int | None = MAX_CELLS,
+    max_pieces: int | None = MAX_PIECES,
 ) -> SampleResult:
     """Generate ``num`` pieces from a checkpoint and write them as MIDI (and WAV, PNG) files.
 
@@ -299,6 +364,12 @@ def sample(
     force : replace existing files; otherwise any existing output is an error, raised
         before anything is generated or written.
     on_message : called with progress sentences for a person (the CLI prints them on stderr).
+    max_cells, max_pieces : the most cells (pieces x frames x 88, see :func:`check_size`)
+        and pieces one call may make, checked before anything is loaded; None: no limit.
+
+    A model whose visible units are not the 88 keys is refused before sampling; an
+    allocation or write failure is one RnnrbmError sentence, and a file is written whole
+    or not at all.
     """
     say = on_message or (lambda text: None)
     for name, value, low, high in (("steps", steps, 1, None), ("k", k, 1, None), ("num", num, 1, None),
@@ -308,11 +379,23 @@ def sample(
             raise RnnrbmUsageError(f"--{name} must be {bounds}, not {value}.")
     if primer is None and (primer_steps is not None or split is not None or index is not None):
         raise RnnrbmUsageError("--primer-steps, --split and --index apply to a --primer; give one or drop them.")
+    if max_pieces is not None and num > max_pieces:
+        raise RnnrbmUsageError(
+            f"--num {num:,} asks for more pieces than the {max_pieces:,} one run may write; "
+            "sample in several runs (with different --seed values)."
+        )
+    check_size(num, steps + (primer_steps or 0), max_cells=max_cells)  # the primer's length is checked once read
     files = output_files(out, num, wav=wav, png=png)
     check_writable(files, force)
 
     torch_device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     model, payload = load_model(checkpoint, torch_device)
+    n_visible = model.config.n_visible
+    if n_visible != N_KEYS:
+        raise RnnrbmError(
+            f"{checkpoint} holds a model of {n_visible} visible units, not one per piano key ({N_KEYS}), "
+            "so what it samples cannot be written as MIDI."
+        )
     data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
     frame_dt = output_dt(data, dt=dt, tempo=tempo)
     primer_roll = None
@@ -320,12 +403,14 @@ def sample(
         primer_roll = load_primer(primer, data, split=split, index=index, steps=primer_steps, dt=dt)
         if primer_steps is not None and primer_roll.shape[0] < primer_steps:
             say(f"the primer has only {primer_roll.shape[0]} frames; all of them are used.")
+        check_size(num, primer_roll.shape[0] + steps, max_cells=max_cells)
     if seed is None:
         seed = secrets.randbits(31)
 
     say(f"sampling {num} piece{'s' if num != 1 else ''} of {steps} frames (k={k}) on {torch_device}, seed {seed}")
     t0 = time.perf_counter()
-    rolls = generate_rolls(model, num, steps, k=k, primer=primer_roll, seed=seed, backend=backend)
+    rolls = generate_rolls(model, num, steps, k=k, primer=primer_roll, seed=seed, backend=backend,
+                           max_cells=max_cells, on_message=say)
     generate_seconds = time.perf_counter() - t0
 
     from rnnrbm_cli.pianoroll import roll_to_midi, write_midi

@@ -46,3 +46,63 @@ def test_round_trip(tmp_path):
     assert loaded.config == config
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v)
+
+
+def _payload() -> dict:
+    config = ModelConfig(n_hidden=4, n_recurrent=3)
+    return {"model_config": asdict(config), "model_state": RNNRBM(config).state_dict()}
+
+
+@pytest.mark.parametrize(
+    "error, said",
+    [
+        (OSError(28, "No space left on device"), "(No space left on device)"),
+        (RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file "
+                      "data/3: file write failed"), "(PytorchStreamWriter failed writing file data/3: file write failed; "),
+    ],
+)
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, error, said):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, _payload())
+    before = path.read_bytes()
+
+    def failing(obj, f, *args, **kwargs):
+        with open(f, "wb") as out:
+            out.write(before[:100])  # half written, then the disk gives up
+        raise error
+
+    monkeypatch.setattr(torch, "save", failing)
+    with pytest.raises(RnnrbmError) as e:
+        save_checkpoint(path, _payload())
+    assert str(e.value).startswith(f"cannot write checkpoint {path} {said}")
+    assert str(e.value).endswith("); the previous c.pt is kept unchanged.")
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+    with pytest.raises(RnnrbmError, match=r"; nothing was written\.$"):
+        save_checkpoint(tmp_path / "new.pt", _payload())
+    assert not (tmp_path / "new.pt").exists()
+
+
+def test_an_unreadable_checkpoint_says_why(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, _payload())
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(RnnrbmError, match=r"^cannot read checkpoint .*c.pt: Permission denied\.$"):
+        load_checkpoint(path)
+
+
+def test_weights_that_do_not_fit_name_what_differs(tmp_path):
+    config = ModelConfig(n_hidden=4, n_recurrent=3)
+    state = RNNRBM(config).state_dict()
+    state["W"] = torch.zeros(88, 5)
+    state["bv"] = [0.0] * 88
+    save_checkpoint(tmp_path / "c.pt", {"model_config": asdict(config), "model_state": state})
+    with pytest.raises(RnnrbmError) as e:
+        load_model(tmp_path / "c.pt")
+    assert str(e.value).endswith("(not tensors: bv; W is (88, 5) where the config needs (88, 4)).")
+    save_checkpoint(tmp_path / "d.pt", {"model_config": asdict(config), "model_state": [1, 2]})
+    with pytest.raises(RnnrbmError, match=r"\(model_state is a list, not a dict of tensors\)\.$"):
+        load_model(tmp_path / "d.pt")

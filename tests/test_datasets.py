@@ -6,9 +6,11 @@ with a reason when it is absent; everything else builds its inputs in ``tmp_path
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -98,6 +100,8 @@ def test_nottingham_rolls(mirror, isolated_cache):
         "skipped_files": [],
         "dropped_notes": 0,
         "created_by": None,
+        # the digest of the rolls themselves (its definition is checked in the layout test)
+        "content_sha256": "d47468076a97a6da32a4f95c31f06f326d1035a04a9ac381215a0fffbb9e6e38",
     }
     first = data.splits["train"][0]
     assert first.dtype == np.uint8 and first.shape == (192, 88)
@@ -119,6 +123,9 @@ def test_jsb_pickle_matches_the_mat_exactly(mirror):
         assert len(a.splits[split]) == len(b.splits[split])
         for x, y in zip(a.splits[split], b.splits[split]):
             np.testing.assert_array_equal(x, y)
+    # Two files, two sources, one content: the same digest of the rolls.
+    assert a.meta["source_kind"] != b.meta["source_kind"]
+    assert a.meta["content_sha256"] == b.meta["content_sha256"]
 
 
 def test_original_pickle_asks_only_for_numpy_scalars(shared_datasets):
@@ -330,7 +337,7 @@ def test_zip_of_split_folders_with_a_damaged_member(tmp_path):
         z.writestr("Mine/test/e.mid", GOOD)
         z.writestr("__MACOSX/Mine/test/._e.mid", b"resource fork")
     result = prepare(path, progress=False)
-    assert result.path.name == "Mine-midi-dt0.3-none.npz"
+    assert re.fullmatch(r"Mine-[0-9a-f]{8}-midi-dt0\.3-none\.npz", result.path.name)
     assert summary(result) == {"train": (2, 4), "valid": (1, 3), "test": (1, 3)}
     assert result.skipped_files == ["Mine.zip:Mine/test/d.mid"]
     # Members are read in name order: a.mid before b.mid.
@@ -394,9 +401,10 @@ def test_pedal_is_off_by_default_recorded_and_named(tmp_path, isolated_cache):
     (songs / "pedalled.mid").write_bytes(pedal_midi_bytes())
     plain = prepare(songs, progress=False)
     held = prepare(songs, pedal=True, progress=False)
-    # The default name is the one files had before the option existed.
-    assert plain.path == isolated_cache / "prepared" / "songs-midi-dt0.3-none.npz"
-    assert held.path == isolated_cache / "prepared" / "songs-midi-dt0.3-none-pedal.npz"
+    # The default name is the one files had before the option existed, plus -pedal.
+    assert plain.path.parent == isolated_cache / "prepared"
+    assert re.fullmatch(r"songs-[0-9a-f]{8}-midi-dt0\.3-none\.npz", plain.path.name)
+    assert held.path == plain.path.with_name(plain.path.stem + "-pedal.npz")
     assert (plain.meta["pedal"], held.meta["pedal"]) == (False, True)
     assert load_prepared(held.path).meta["pedal"] is True
     def c4(result) -> list[int]:
@@ -446,7 +454,13 @@ def test_prepared_layout_loads_without_pickle(tmp_path):
         assert npz["train_lengths"].dtype == np.int64 and npz["train_lengths"].tolist() == [2, 1]
         assert npz["valid_rolls"].shape == (0, 88) and npz["valid_lengths"].shape == (0,)
         assert npz["meta"].shape == () and npz["meta"].dtype.kind == "U"
-        assert json.loads(str(npz["meta"])) == {"format": 1, "x": "é"}
+        # The digest of the rolls, by its definition: per split, name, NUL, lengths, rolls.
+        rolls = np.concatenate([a, a[:1]])
+        expected = hashlib.sha256(
+            b"train\0" + np.array([2, 1], "<i8").tobytes() + rolls.tobytes()
+            + b"valid\0" + b"test\0" + np.array([2], "<i8").tobytes() + a.tobytes()
+        ).hexdigest()
+        assert json.loads(str(npz["meta"])) == {"format": 1, "x": "é", "content_sha256": expected}
     data = load_prepared(path)
     assert data.summary() == {
         "train": {"sequences": 2, "frames": 3},
@@ -540,6 +554,7 @@ def test_cli_json(mirror, tmp_path):
     assert set(doc["meta"]) == {
         "format", "dataset", "source_file", "source_sha256", "source_kind", "grid", "dt",
         "beat_division", "transpose", "pedal", "split", "skipped_files", "dropped_notes", "created_by",
+        "content_sha256",
     }
     assert doc["meta"]["created_by"] == "rnnrbm 0.1.0" and doc["skipped_files"] == []
 
@@ -614,3 +629,89 @@ def test_cli_help():
     result = CliRunner().invoke(cli, ["prepare", "--help"])
     assert result.exit_code == 0
     assert "Example:" in result.output and "rnnrbm prepare" in result.output
+
+
+# -- the data a checkpoint names -----------------------------------------------------------
+
+
+def _checkpoint_of(path: Path, **extra) -> dict:
+    """The data part of a checkpoint trained on ``path``, as train.py records it."""
+    meta = {k: v for k, v in load_prepared(path).meta.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    return {"data": {**meta, "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), **extra}}
+
+
+def _toy_splits(pitch: int) -> dict:
+    roll = np.zeros((5, 88), np.uint8)
+    roll[:, pitch - 21] = 1
+    return {"train": [roll, roll[:2]], "valid": [roll], "test": [roll[:3]]}
+
+
+def test_a_folder_is_named_by_its_path_and_content(tmp_path, isolated_cache):
+    for folder, pitch in (("a", 60), ("b", 67)):
+        (tmp_path / folder / "songs").mkdir(parents=True)
+        (tmp_path / folder / "songs" / "x.mid").write_bytes(midi_bytes((pitch, 0.0, 0.6)))
+    first = prepare(tmp_path / "a" / "songs", progress=False).path
+    again = prepare(tmp_path / "a" / "songs", progress=False).path
+    other = prepare(tmp_path / "b" / "songs", progress=False).path
+    assert first == again != other
+    assert {p.name for p in (isolated_cache / "prepared").iterdir()} == {first.name, other.name}
+    (tmp_path / "a" / "songs" / "y.mid").write_bytes(GOOD)  # new content, new file: the old one is kept
+    changed = prepare(tmp_path / "a" / "songs", progress=False).path
+    assert changed not in (first, other) and first.is_file()
+
+
+def test_check_checkpoint_data(tmp_path):
+    from rnnrbm_cli.datasets import check_checkpoint_data
+
+    trained = write_prepared(tmp_path / "trained.npz", _toy_splits(60), {"format": 1, "dataset": "toy"})
+    payload = _checkpoint_of(trained)
+    check_checkpoint_data(payload, trained)
+    # the same rolls in other bytes (other meta, written again): the same data
+    again = write_prepared(tmp_path / "again.npz", _toy_splits(60), {"format": 1, "dataset": "toy", "note": "x"})
+    assert again.read_bytes() != trained.read_bytes()
+    check_checkpoint_data(payload, again)
+    # other rolls: refused, naming both files and both digests
+    other = write_prepared(tmp_path / "other.npz", _toy_splits(62), {"format": 1, "dataset": "toy"})
+    with pytest.raises(RnnrbmError) as e:
+        check_checkpoint_data(payload, other)
+    now = hashlib.sha256(other.read_bytes()).hexdigest()
+    assert str(e.value) == (
+        f"the checkpoint was trained on {trained} (sha256 {payload['data']['sha256'][:12]}), but {other} holds other "
+        f"data (sha256 {now[:12]}); prepare that data again from the same source with the same options, or evaluate "
+        "other data on purpose with --data."
+    )
+    # a checkpoint that records no digest (older ones) is not checked
+    check_checkpoint_data({"data": {"path": str(trained)}}, other)
+    check_checkpoint_data({}, other)
+
+
+def test_checkpoint_data_checks_the_default_not_an_explicit_choice(tmp_path):
+    from rnnrbm_cli.datasets import checkpoint_data
+
+    trained = write_prepared(tmp_path / "trained.npz", _toy_splits(60), {"format": 1, "dataset": "toy"})
+    payload = _checkpoint_of(trained)
+    payload["settings"] = {"data": {"data": str(tmp_path / "by-name.npz")}}
+    assert checkpoint_data(payload) == trained
+    other = write_prepared(tmp_path / "other.npz", _toy_splits(62), {"format": 1, "dataset": "toy"})
+    assert checkpoint_data(payload, str(other)) == other  # other data on purpose
+    write_prepared(trained, _toy_splits(62), {"format": 1, "dataset": "toy"})  # the file now holds other data
+    with pytest.raises(RnnrbmError, match="holds other data"):
+        checkpoint_data(payload)
+    # the recorded file gone, the settings' data is found instead, and checked too
+    trained.unlink()
+    write_prepared(tmp_path / "by-name.npz", _toy_splits(62), {"format": 1, "dataset": "toy"})
+    with pytest.raises(RnnrbmError, match=f"but {tmp_path / 'by-name.npz'} holds other data"):
+        checkpoint_data(payload)
+    write_prepared(tmp_path / "by-name.npz", _toy_splits(60), {"format": 1, "dataset": "toy"})
+    assert checkpoint_data(payload) == tmp_path / "by-name.npz"
+
+
+def test_load_sequence_of_an_empty_split(tmp_path):
+    from rnnrbm_cli.datasets import load_sequence
+
+    path = write_prepared(tmp_path / "d.npz", {**_toy_splits(60), "valid": []}, {"format": 1})
+    with pytest.raises(RnnrbmUsageError, match=r"has no valid sequences \(it has train 2, test 1\); choose another --split\.$"):
+        load_sequence(path, "valid")
+    empty = write_prepared(tmp_path / "e.npz", {"train": [], "valid": [], "test": []}, {"format": 1})
+    with pytest.raises(RnnrbmError, match="holds no sequences"):
+        load_sequence(empty, "valid")

@@ -260,3 +260,40 @@ def test_cli_model_and_data_of_different_widths_exit_1(tmp_path, prepared):
     result = run("evaluate", tmp_path / "m.pt", "--data", prepared, "--device", "cpu")
     assert result.exit_code == 1
     assert "visible units" in result.stderr
+
+
+# --- progress where stderr is not a terminal -------------------------------------------------
+
+
+def test_plain_progress_lines_per_stage_at_most_every_interval(capsys):
+    from rnnrbm_cli.cli_output import _EvalProgress
+
+    now = [100.0]
+    progress = _EvalProgress(interval=10, clock=lambda: now[0], terminal=False)
+    for t, done in ((0, 0), (4, 400), (12, 1_200), (15, 1_500), (23, 2_300), (30, 3_000)):
+        now[0] = 100.0 + t
+        progress("AIS log Z", done, 3_000)
+    now[0] = 131.0
+    progress("note probabilities", 0, 50)
+    progress("note probabilities", 50, 50)
+    progress.close()
+    assert capsys.readouterr().err.splitlines() == [
+        "AIS log Z: 3,000 frames",
+        "AIS log Z: 1,200/3,000 frames (40%), 100 frames/s, about 18 s left",  # 12 s after the start
+        "AIS log Z: 2,300/3,000 frames (77%), 100 frames/s, about 7 s left",  # 11 s after the last line
+        "AIS log Z: 3,000 frames in 30 s, 100 frames/s",
+        "note probabilities: 50 frames",
+        "note probabilities: 50 frames in 0 s",
+    ]
+
+
+def test_cli_evaluate_is_not_silent_in_a_log(tmp_path, prepared):
+    ckpt = save_fresh(tmp_path / "model.pt", 30, {})
+    result = run("evaluate", ckpt, "--data", prepared, "--json", "--device", "cpu", "--chains", 2, "--betas", 3,
+                 "--samples", 2, "--gibbs", 1)
+    assert result.exit_code == 0, result.stderr
+    json.loads(result.stdout)
+    lines = result.stderr.splitlines()
+    for stage in ("note probabilities", "AIS base", "AIS log Z"):
+        assert f"{stage}: 13 frames" in lines
+        assert any(line.startswith(f"{stage}: 13 frames in ") for line in lines), lines

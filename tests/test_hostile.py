@@ -13,22 +13,30 @@ import json
 import os
 import pickle
 import resource
+import shutil
 import subprocess
 import sys
 import tracemalloc
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import mido
+import numpy as np
 import pretty_midi
 import pytest
+import torch
 from click.testing import CliRunner
 
+from rnnrbm_cli.checkpoint import load_checkpoint, load_model, save_checkpoint
 from rnnrbm_cli.cli import cli
 from rnnrbm_cli.datasets import load_prepared, prepare
 from rnnrbm_cli.errors import RnnrbmError
+from rnnrbm_cli.model import RNNRBM, ModelConfig
 from rnnrbm_cli.pianoroll import MAX_FRAMES, MAX_MIDI_BYTES, midi_to_roll, read_midi
 from rnnrbm_cli.readers import read_pickle
+
+from conftest import one_sentence_error, run
 
 REPO = Path(__file__).resolve().parents[1]
 PEAK_LIMIT_MB = 500  # what preparing any of these files may cost, at most
@@ -302,3 +310,230 @@ def test_real_files_are_measured_exactly_before_reading(shared_datasets, grid):
             with pytest.raises(RnnrbmError, match=f"{n:,} frames"):
                 midi_to_roll(data, max_frames=n - 1, **grid)
     assert MAX_FRAMES > 25 * 3588  # the longest Nottingham tune at 4 frames per beat
+
+
+# == nothing lost, nothing false: the data a checkpoint names, failed writes, sizes ================
+
+TINY = ["--n-hidden", "8", "--n-recurrent", "4", "--k", "1", "--chunk", "12", "--eval-every", "0",
+        "--device", "cpu", "--backend", "torch", "--seed", "1"]
+
+
+def songs_folder(root: Path, pitches: list[int]) -> Path:
+    """``root/songs`` with train/ and test/ subfolders: one 3-frame tune per pitch."""
+    for i, pitch in enumerate(pitches):
+        folder = root / "songs" / ("test" if i == len(pitches) - 1 else "train")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"tune{i}.mid").write_bytes(midi_bytes((pitch, 0.0, 0.6), (pitch + 4, 0.3, 0.9)))
+    return root / "songs"
+
+
+def last_line_error(result, code: int = 1) -> str:
+    """A clean failure after progress lines: the exit code, no traceback, and one sentence,
+    the last line on stderr; return it."""
+    assert result.exit_code == code, (result.output, result.stderr)
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and [line.startswith("Error: ") for line in lines].count(True) == 1
+    assert lines[-1].startswith("Error: "), result.stderr
+    return lines[-1]
+
+
+def no_part_files(folder: Path) -> bool:
+    return not any(p.name.endswith(".part") for p in folder.rglob("*"))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("RNNRBM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("RNNRBM_MIRROR", raising=False)
+    return tmp_path / "cache"
+
+
+def test_two_folders_of_one_name_never_share_prepared_data(tmp_path, cache):
+    a = songs_folder(tmp_path / "a", [60, 64])
+    b = songs_folder(tmp_path / "b", [48, 52])
+    run_dir = tmp_path / "run"
+    r = run("train", "--data", a, "--epochs", "1", "--run-dir", run_dir, *TINY)
+    assert r.exit_code == 0, r.stderr
+    assert "1 sequence, 3 frames, 1 chunk)" in r.stderr  # in the singular
+    trained_on = Path(load_checkpoint(run_dir / "checkpoint.pt")["data"]["path"])
+    assert trained_on.parent == cache / "prepared" and trained_on.name.startswith("songs-")
+
+    r = run("prepare", b, "--json")
+    assert r.exit_code == 0, r.stderr
+    other = Path(json.loads(r.stdout)["path"])
+    assert other != trained_on and other.parent == trained_on.parent
+    # preparing a/songs again finds the same file name, and the checkpoint still evaluates
+    assert Path(json.loads(run("prepare", a, "--json").stdout)["path"]) == trained_on
+    r = run("evaluate", run_dir / "checkpoint.pt", "--split", "train", "--json", "--chains", 2, "--betas", 2,
+            "--samples", 2, "--gibbs", 1)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["data"] == str(trained_on)
+
+    # What the old single name did: b's data in the file the checkpoint was trained on.
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    shutil.copyfile(other, trained_on)
+    for args in (
+        ["evaluate", run_dir / "checkpoint.pt", "--split", "train"],
+        ["sample", run_dir / "checkpoint.pt", tmp_path / "x.mid", "--primer", trained_on, "--split", "train"],
+        ["train", "--resume", run_dir, "--epochs", "2"],
+    ):
+        message = one_sentence_error(run(*args))
+        assert f"trained on {trained_on} (sha256 " in message and "holds other data" in message, message
+    assert not (tmp_path / "x.mid").exists()
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+    # Other data on purpose is still fine: evaluate --data, or a primer that is not the training file.
+    r = run("evaluate", run_dir / "checkpoint.pt", "--data", other, "--split", "train", "--chains", 2, "--betas", 2,
+            "--samples", 2, "--gibbs", 1)
+    assert r.exit_code == 0, r.stderr
+    r = run("sample", run_dir / "checkpoint.pt", tmp_path / "y.mid", "--primer", other, "--split", "train",
+            "--steps", 3, "--k", 1)
+    assert r.exit_code == 0, r.stderr
+
+
+def test_a_full_disk_while_checkpointing_is_one_sentence_and_the_old_checkpoint_stays(toy_npz, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    assert run("train", "--data", toy_npz, "--epochs", "1", "--run-dir", run_dir, *TINY).exit_code == 0
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 4544 vs 4432")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    message = last_line_error(run("train", "--resume", run_dir, "--epochs", "2"))
+    assert message.startswith(f"Error: cannot write checkpoint {run_dir / 'checkpoint.pt'} (unexpected pos 4544 vs 4432; ")
+    assert "free on that disk); the previous checkpoint.pt is kept unchanged." in message
+    monkeypatch.setattr(torch, "save", real_save)
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+    assert load_model(run_dir / "checkpoint.pt")[1]["epoch"] == 1
+    assert no_part_files(run_dir)
+    # and the run resumes once the disk has room again
+    assert run("train", "--resume", run_dir, "--epochs", "2").exit_code == 0
+
+
+def test_a_checkpoint_that_cannot_be_written_where_asked_is_one_sentence(tmp_path):
+    config = ModelConfig(n_hidden=4, n_recurrent=3)
+    payload = {"model_config": asdict(config), "model_state": RNNRBM(config).state_dict()}
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(RnnrbmError, match=r"cannot write checkpoint .*a-file/run/checkpoint.pt \(.*\); nothing was written\.$"):
+        save_checkpoint(tmp_path / "a-file" / "run" / "checkpoint.pt", payload)
+    if os.geteuid() == 0:
+        return  # root writes into read-only folders: the variant below cannot fail for it
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    save_checkpoint(folder / "checkpoint.pt", payload)
+    before = (folder / "checkpoint.pt").read_bytes()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(RnnrbmError, match=r"\(Permission denied\); the previous checkpoint.pt is kept unchanged\.$"):
+            save_checkpoint(folder / "checkpoint.pt", payload)
+    finally:
+        folder.chmod(0o700)
+    assert (folder / "checkpoint.pt").read_bytes() == before and no_part_files(folder)
+
+
+def tiny_checkpoint(path: Path, n_visible: int = 88, nan: bool = False) -> Path:
+    config = ModelConfig(n_visible=n_visible, n_hidden=4, n_recurrent=3)
+    model = RNNRBM(config)
+    if nan:
+        with torch.no_grad():
+            model.W[0, 0] = float("nan")
+    data = {"dataset": "toy", "grid": "seconds", "dt": 0.3, "beat_division": None}
+    save_checkpoint(path, {"model_config": asdict(config), "model_state": model.state_dict(), "data": data})
+    return path
+
+
+def test_a_model_of_87_keys_is_refused_before_sampling(tmp_path, monkeypatch):
+    from rnnrbm_cli import engines
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampled")
+
+    monkeypatch.setattr(engines.TorchSampler, "generate", never)
+    ckpt = tiny_checkpoint(tmp_path / "k87.pt", n_visible=87)
+    message = one_sentence_error(run("sample", ckpt, tmp_path / "x.mid", "--backend", "torch"))
+    assert message == (f"Error: {ckpt} holds a model of 87 visible units, not one per piano key (88), "
+                       "so what it samples cannot be written as MIDI.")
+    assert not (tmp_path / "x.mid").exists()
+
+
+def test_nan_weights_are_refused_by_evaluate_and_sample(toy_npz, tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "nan.pt", nan=True)
+    for args in (["evaluate", ckpt, "--data", toy_npz], ["sample", ckpt, tmp_path / "x.mid"]):
+        assert "holds NaN or infinite weights (W)" in one_sentence_error(run(*args))
+    assert not (tmp_path / "x.mid").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--steps", "100000000"], "1 piece of 100,000,000 frames is 8,800,000,000 cells, more than the 268,435,456"),
+        (["--num", "10000000"], "--num 10,000,000 asks for more pieces than the 10,000 one run may write"),
+        (["--num", "5000", "--steps", "1000"], "5,000 pieces of 1,000 frames is 440,000,000 cells"),
+    ],
+)
+def test_sizes_are_checked_before_any_work(tmp_path, args, said):
+    # In a capped child: a regression tries to allocate tens of GB, and must not get them.
+    ckpt = tiny_checkpoint(tmp_path / "c.pt")
+    result, peak_mb = run_capped(tmp_path, "sample", str(ckpt), str(tmp_path / "x.mid"), *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.stderr, result.stderr
+    message = " ".join(result.stderr.split())
+    assert said in message and ("lower --num or --steps" in message or "several runs" in message), message
+    assert peak_mb < PEAK_LIMIT_MB
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "peak-rss-kb"]
+
+
+def test_running_out_of_memory_while_sampling_is_one_sentence(tmp_path, monkeypatch):
+    from rnnrbm_cli import engines
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(engines.TorchSampler, "generate", no_memory)
+    message = last_line_error(run("sample", tiny_checkpoint(tmp_path / "c.pt"), tmp_path / "x.mid",
+                                  "--num", 3, "--backend", "torch"))
+    assert message == "Error: ran out of memory sampling 3 pieces of 200 frames on cpu; lower --num or --steps, or sample in several runs."
+    assert not (tmp_path / "x.mid").exists() and not (tmp_path / "x-001.mid").exists()
+
+
+def test_running_out_of_memory_while_evaluating_is_one_sentence(toy_npz, tmp_path, monkeypatch):
+    from rnnrbm_cli import evaluate
+
+    def no_memory(*args, **kwargs):
+        np.zeros(2**62, np.uint8)  # numpy's own ArrayMemoryError
+
+    monkeypatch.setattr(evaluate, "evaluate", no_memory)
+    ckpt = tiny_checkpoint(tmp_path / "c.pt")
+    message = one_sentence_error(run("evaluate", ckpt, "--data", toy_npz, "--chains", 10**9))
+    assert message == f"Error: ran out of memory evaluating {ckpt}; lower --chains or --samples, or use --max-frames."
+
+
+def test_an_empty_split_is_named_not_indexed(tmp_path):
+    from rnnrbm_cli.datasets import write_prepared
+
+    seq = np.zeros((4, 88), np.uint8)
+    empty = write_prepared(tmp_path / "e.npz", {"train": [seq], "valid": [], "test": [seq, seq]},
+                           {"format": 1, "dataset": "toy", "grid": "seconds", "dt": 0.3, "beat_division": None})
+    for args in (["plot", empty, "--split", "valid", "-o", tmp_path / "p.png"],
+                 ["sample", tiny_checkpoint(tmp_path / "c.pt"), tmp_path / "x.mid", "--primer", empty, "--split", "valid"]):
+        message = one_sentence_error(run(*args), code=2)
+        assert message == f"Error: {empty} has no valid sequences (it has train 1, test 2); choose another --split."
+
+
+def test_a_state_dict_error_shows_its_useful_part(tmp_path):
+    config = ModelConfig(n_hidden=20, n_recurrent=10)
+    state = RNNRBM(ModelConfig(n_hidden=30, n_recurrent=10)).state_dict()
+    del state["bv"]
+    state["W_extra"] = torch.zeros(2)
+    save_checkpoint(tmp_path / "c.pt", {"model_config": asdict(config), "model_state": state})
+    message = one_sentence_error(run("sample", tmp_path / "c.pt", tmp_path / "x.mid"))
+    assert message == (
+        f"Error: {tmp_path / 'c.pt'}: the stored weights do not fit the stored model config (missing bv; "
+        "unexpected W_extra; W is (88, 30) where the config needs (88, 20), bh is (30,) where the config needs (20,), "
+        "Wuh is (10, 30) where the config needs (10, 20))."
+    )

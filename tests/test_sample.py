@@ -362,3 +362,54 @@ def test_output_must_be_a_midi_name(tmp_path: Path):
     with pytest.raises(RnnrbmUsageError, match=r"\.mid"):
         output_files(tmp_path / "out.wav", 1)
     assert [f["midi"].name for f in output_files(tmp_path / "x.mid", 1000)][:2] == ["x-0001.mid", "x-0002.mid"]
+
+
+# -- sizes, compiling ----------------------------------------------------------------------
+
+
+def test_the_size_limit_is_settable(ckpt: Path, tmp_path: Path):
+    with pytest.raises(RnnrbmUsageError, match=r"^2 pieces of 10 frames is 1,760 cells, more than the 1,000 one sample may hold"):
+        sample(ckpt, tmp_path / "a.mid", steps=10, k=1, num=2, seed=0, max_cells=1000)
+    assert not any(p.suffix == ".mid" for p in tmp_path.iterdir())
+    # the primer's frames count: checked once it is read, before sampling
+    write_midi(hand_primer(), tmp_path / "primer.mid", dt=0.3)
+    with pytest.raises(RnnrbmUsageError, match=r"^1 piece of 13 frames is 1,144 cells"):
+        sample(ckpt, tmp_path / "b.mid", steps=5, k=1, seed=0, primer=tmp_path / "primer.mid", max_cells=1000)
+    result = sample(ckpt, tmp_path / "c.mid", steps=10, k=1, num=2, seed=0, max_cells=None, max_pieces=None)
+    assert result.rolls.shape == (2, 10, 88)
+    with pytest.raises(RnnrbmUsageError, match=r"^--num 3 asks for more pieces than the 2 one run may write"):
+        sample(ckpt, tmp_path / "d.mid", steps=10, num=3, max_pieces=2)
+
+
+def test_a_sampler_that_must_compile_says_so_first(ckpt: Path, tmp_path: Path, monkeypatch):
+    from rnnrbm_cli import engines
+
+    said: list[str] = []
+
+    def sample_once(name: str) -> None:
+        said.clear()
+        sample(ckpt, tmp_path / name, steps=5, k=1, seed=0, backend="torch", on_message=said.append)
+
+    sample_once("a.mid")
+    assert not any("Compiling" in text for text in said)  # the torch sampler has nothing to compile
+    monkeypatch.setattr(engines.TorchSampler, "compile_message", lambda self: "Compiling the CPU kernels...", raising=False)
+    sample_once("b.mid")
+    assert said[-1] == "Compiling the CPU kernels..."  # after "sampling ...", before the generate call
+    r = run("sample", ckpt, tmp_path / "cli.mid", "--steps", 5, "--k", 1, "--backend", "torch")
+    assert r.exit_code == 0 and "Compiling the CPU kernels..." in r.stderr
+
+
+def test_an_npz_primer_that_is_the_training_file_must_still_hold_it(tmp_path: Path):
+    import hashlib
+
+    rng = np.random.default_rng(1)
+    seqs = [(rng.random((12, 88)) < 0.05).astype(np.uint8) for _ in range(3)]
+    trained = write_prepared(tmp_path / "trained.npz", {"train": seqs, "valid": [], "test": seqs[:1]},
+                             {"format": 1, **SECONDS_GRID})
+    data = {**SECONDS_GRID, "path": str(trained), "sha256": hashlib.sha256(trained.read_bytes()).hexdigest()}
+    ckpt = make_checkpoint(tmp_path / "c.pt", data=data)
+    assert sample(ckpt, tmp_path / "a.mid", steps=3, k=1, seed=0, primer=trained).primer_frames == 12
+    write_prepared(trained, {"train": seqs[1:], "valid": [], "test": seqs[1:2]}, {"format": 1, **SECONDS_GRID})
+    r = run("sample", ckpt, tmp_path / "b.mid", "--primer", trained, "--steps", 3)
+    assert "holds other data" in one_sentence_error(r)
+    assert not (tmp_path / "b.mid").exists()
