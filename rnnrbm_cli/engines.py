@@ -73,6 +73,8 @@ class Objective(Protocol):
 class Sampler(Protocol):
     backend: str
 
+    def compile_message(self) -> str | None: ...
+
     def generate(self, n: int, steps: int, k: int, primer: Tensor | None, generator: torch.Generator | None) -> Tensor: ...
 
     def gibbs_chain(self, v: Tensor, W: Tensor, bv: Tensor, bh: Tensor, k: int, generator: torch.Generator | None) -> Tensor: ...
@@ -92,6 +94,18 @@ def _kernels():
     except ImportError:
         return None
     return cpu_kernels
+
+
+def _compiled_before(*functions) -> bool | None:
+    """Whether numba's cache already holds every one of these kernels (False: the next call
+    compiles them, up to a minute); None when that cannot be told (numba internals changed)."""
+    try:
+        return all(os.path.exists(f._cache._cache_file._index_path) for f in functions)
+    except AttributeError:
+        return None
+
+
+COMPILE_MESSAGE = "Compiling the CPU kernels (once per machine, about a minute)..."
 
 
 def numba_problem(model: torch.nn.Module, binary: bool = True) -> str | None:
@@ -227,6 +241,9 @@ class TorchSampler:
     def __init__(self, model: rbm.RNNRBM) -> None:
         self.model = model
 
+    def compile_message(self) -> str | None:
+        return None
+
     def generate(self, n, steps, k, primer=None, generator=None) -> Tensor:
         return self.model.generate(n, steps, k, primer, generator)
 
@@ -323,9 +340,7 @@ class NumbaCD:
         return float(monitor)
 
     def compile_message(self) -> str | None:
-        if _kernels().compiled_before() is False:
-            return "Compiling the CPU kernels (once per machine, about a minute)..."
-        return None
+        return COMPILE_MESSAGE if _compiled_before(_kernels().cd) is False else None
 
     def warm_up(self) -> None:
         """Compile (or load) the kernel on one chunk, with a throwaway generator: the run's
@@ -341,6 +356,10 @@ class NumbaSampler:
 
     def __init__(self, model: rbm.RNNRBM) -> None:
         self.model = model
+
+    def compile_message(self) -> str | None:
+        kernels = _kernels()
+        return COMPILE_MESSAGE if _compiled_before(kernels.generate_rows, kernels.rnn_serial, kernels.gibbs_rows) is False else None
 
     def generate(self, n, steps, k, primer=None, generator=None) -> Tensor:
         """:meth:`RNNRBM.generate` on the CPU: n sequences of ``steps`` new frames, each from
@@ -439,6 +458,9 @@ class NADESampler:
 
     def __init__(self, model) -> None:
         self.model = model
+
+    def compile_message(self) -> str | None:
+        return None
 
     def generate(self, n, steps, k, primer=None, generator=None) -> Tensor:
         return self.model.generate(n, steps, k, primer, generator)

@@ -299,8 +299,7 @@ def generate_rolls(
     generator = torch.Generator(device=device).manual_seed(seed)
     primer_t = torch.from_numpy(np.asarray(primer, dtype=np.float32)) if primer is not None else None
     sampler = sampler_for(model, backend)
-    compile_message = getattr(sampler, "compile_message", None)  # samplers that compile say so
-    message = compile_message() if callable(compile_message) else None
+    message = sampler.compile_message()  # samplers that compile say so
     if message and on_message is not None:
         on_message(message)
     try:
