@@ -223,7 +223,7 @@ def evaluate_cmd(checkpoint, data, split, chains, betas, samples, gibbs, max_fra
         result = evaluate_checkpoint(
             checkpoint, data=data, split=split, chains=chains, betas=betas, samples=samples, gibbs=gibbs,
             max_frames=max_frames, seed=seed, device=device, backend=backend, cache_dir=cache_dir, mirror=mirror,
-            progress=progress,
+            progress=progress, on_message=lambda text: err_console.print(escape(text), soft_wrap=True),
         )
     except Exception as e:
         if not out_of_memory(e):

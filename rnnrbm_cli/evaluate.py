@@ -602,6 +602,7 @@ def evaluate_checkpoint(
     cache_dir: str | os.PathLike | None = None,
     mirror: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    on_message: Callable[[str], None] | None = None,
 ) -> dict:
     """:func:`evaluate` of the model in ``checkpoint`` on a split of ``data`` (default: the
     data it was trained on, see ``datasets.checkpoint_data``); what ``rnnrbm evaluate`` prints.
@@ -624,6 +625,9 @@ def evaluate_checkpoint(
             f"{path} has frames of {sorted(width)} keys but the model has {model.config.n_visible} visible units; "
             "evaluate it on data prepared like its training data."
         )
+    message = sampler_for(model, backend).compile_message()
+    if message and on_message is not None:
+        on_message(message)
     generator = torch.Generator(device=dev).manual_seed(seed)
     result = evaluate(model, sequences, chains=chains, betas=betas, samples=samples, gibbs=gibbs,
                       max_frames=max_frames, generator=generator, progress=progress, backend=backend)
