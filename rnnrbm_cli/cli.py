@@ -95,5 +95,5 @@ _cache_dir_option = click.option(
 )
 
 
-# The commands live in three modules by what they work on; importing them registers them.
-from rnnrbm_cli import cli_data, cli_output, cli_train  # noqa: E402,F401
+# The commands live in modules by what they work on; importing them registers them.
+from rnnrbm_cli import cli_data, cli_output, cli_train, cli_tune  # noqa: E402,F401
