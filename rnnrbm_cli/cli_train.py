@@ -50,7 +50,7 @@ from rnnrbm_cli.cli import (
 @click.option("--eval-betas", type=click.IntRange(min=1), help="AIS inverse temperatures for that estimate.  [default: 100]")
 @click.option("--backend", type=click.Choice(_BACKENDS), help="Who computes: auto (the compiled CPU kernels on CPU, torch on CUDA), torch or numba.  [default: auto]")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory.  [default: a new runs/<data>-<timestamp>]")
-@click.option("--preset", type=click.Choice(["tutorial"]), help="Start from a named set of settings (flags and --config override it).")
+@click.option("--preset", type=click.Choice(["tutorial", "paper"]), help="Start from a named set of settings: tutorial (the 2012 tutorial exactly) or paper (the best recipe found on validation, for the chosen --model and --data); flags and --config override it.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="TOML file of settings, or a run's config.json (flags override it).")
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
 @click.option("--mirror", help="Local folder or URL to fetch data from first.")

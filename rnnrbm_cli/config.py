@@ -25,7 +25,8 @@ from rnnrbm_cli.model import ModelConfig
 from rnnrbm_cli.pianoroll import check_dt
 
 __all__ = [
-    "ModelConfig", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "Settings", "PRESETS",
+    "ModelConfig", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "Settings", "PRESETS", "PAPER_PRESETS",
+    "preset_values",
     "resolve_settings", "merge_settings", "read_settings_file", "settings_from_checkpoint",
 ]
 
@@ -172,7 +173,7 @@ _DEFAULTS: dict[str, Any] = {f.name: f.default for cls in _SECTIONS.values() for
 
 # The tutorial's exact settings (deeplearning.net rnnrbm.py): Nottingham MIDI sampled
 # every 0.3 s, 150 hidden / 100 recurrent units, plain SGD at 0.001, CD-15, chunks of 100
-# frames, one chunk per update, sequences shuffled every epoch.
+# frames, one chunk per update, sequences shuffled every epoch, no model selection.
 PRESETS: dict[str, dict[str, Any]] = {
     "tutorial": {
         "data": "nottingham", "source": "midi", "dt": 0.3, "n_hidden": 150, "n_recurrent": 100,
@@ -180,6 +181,46 @@ PRESETS: dict[str, dict[str, Any]] = {
         "chunk": 100, "batch": 1, "eval_every": 0, "patience": 0, "rnn": "tanh", "model_type": "rnn-rbm",
     },
 }
+
+# "paper": the recipes found best by validation log-likelihood (README, Results; never by the
+# test split), one per model, with what a dataset needs on top. Every setting that shapes the
+# result is pinned here, so that a change of default never changes what the preset trains.
+_PAPER_COMMON = {
+    "rnn": "tanh", "n_hidden": 150, "n_recurrent": 100, "learn_u0": True, "chunk": 100, "batch": 1,
+    "momentum": 0.0, "lr_rbm": None, "lr_rnn": None, "clip_grad": 0.0, "seed": 1234,
+    "eval_frames": 500, "eval_chains": 50, "eval_betas": 100,
+}
+PAPER_PRESETS: dict[str, dict[str, Any]] = {
+    # The RNN-RBM: the paper's pretraining of the RBM (CD-15 on shuffled frames) and of the RNN
+    # (cross-entropy), then Adam on the whole model, best.pt and early stopping by validation LL.
+    "rnn-rbm": {
+        **_PAPER_COMMON, "model_type": "rnn-rbm", "k": 15,
+        "pretrain_rbm_epochs": 20, "pretrain_rbm_lr": 0.01, "pretrain_rnn_epochs": 40, "pretrain_rnn_lr": 0.003,
+        "optimizer": "adam", "lr": 0.001, "lr_schedule": "constant", "epochs": 150, "eval_every": 10, "patience": 5,
+    },
+    # The RNN-NADE: exact maximum likelihood with Adam, one chunk per update; the exact
+    # validation LL on every validation frame every epoch picks best.pt and stops the run.
+    "rnn-nade": {
+        **_PAPER_COMMON, "model_type": "rnn-nade", "pretrain_rbm_epochs": 0, "pretrain_rnn_epochs": 0,
+        "optimizer": "adam", "lr": 0.001, "lr_schedule": "constant", "epochs": 150, "eval_every": 1, "patience": 10,
+    },
+}
+# On top, by (model, dataset): Nottingham has 8x the updates per epoch of JSB chorales, so
+# fewer, larger steps and early stopping keep it within the time budget.
+PAPER_BY_DATA: dict[tuple[str, str], dict[str, Any]] = {
+    ("rnn-nade", "nottingham"): {"lr": 0.002, "batch": 4, "epochs": 30, "eval_every": 5, "patience": 10},
+}
+
+
+def preset_values(name: str, model_type: str = "rnn-rbm", data: str = "nottingham") -> dict[str, Any]:
+    """The settings a preset sets, for the model and data it is applied to."""
+    if name == "paper":
+        values = dict(PAPER_PRESETS[model_type])
+        values.update(PAPER_BY_DATA.get((model_type, str(data)), {}))
+        return values
+    if name not in PRESETS:
+        raise RnnrbmUsageError(f"unknown preset {name!r}; known presets: {', '.join([*PRESETS, 'paper'])}.")
+    return dict(PRESETS[name])
 
 
 def _check_ranges(obj: Any, checks: dict[str, bool]) -> None:
@@ -266,15 +307,22 @@ def read_settings_file(path: str | Path) -> dict[str, Any]:
 def merge_settings(
     preset: str | None = None, config_file: str | Path | None = None, flags: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """defaults < preset < config file < flags (flags that are None count as not given)."""
+    """defaults < preset < config file < flags (flags that are None count as not given).
+
+    A preset that depends on the model and data ("paper") takes them from the file and the
+    flags (default rnn-rbm on nottingham).
+    """
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    from_file = read_settings_file(config_file) if config_file is not None else {}
     values: dict[str, Any] = {}
     if preset is not None:
-        if preset not in PRESETS:
-            raise RnnrbmUsageError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}.")
-        values.update(PRESETS[preset])
-    if config_file is not None:
-        values.update(read_settings_file(config_file))
-    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+        later = {**from_file, **given}
+        model_type = later.get("model_type", _DEFAULTS["model_type"])
+        if model_type not in PAPER_PRESETS:
+            raise RnnrbmUsageError(f"model_type must be one of {', '.join(PAPER_PRESETS)}, not {model_type!r}.")
+        values.update(preset_values(preset, model_type, later.get("data", _DEFAULTS["data"])))
+    values.update(from_file)
+    values.update(given)
     return resolve_settings(values)
 
 
