@@ -152,6 +152,8 @@ def main(argv=None):
     ap.add_argument("--eval-frames", type=int, default=None,
                     help="test frames for evaluate, scaled to the whole split (default: all on CUDA, 1000 on CPU)")
     ap.add_argument("--skip-eval", action="store_true")
+    ap.add_argument("--skip-nade", action="store_true", help="leave out the RNN-NADE's train and evaluate figures")
+    ap.add_argument("--nade-samples", type=int, default=20, help="exact samples per frame for the RNN-NADE's ACC")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
@@ -211,6 +213,30 @@ def main(argv=None):
         label = f"evaluate test ({n_test:,} frames)" + ("" if frames == n_test else f", from {frames:,}")
         row(label, seconds, None, "s", TARGETS["evaluate_test_s"][1 if gpu else 0])
         print(f"  (LL {result['log_likelihood']:.3f}, ACC {result['frame_accuracy']:.2f}% after 2 epochs)")
+
+    if not args.skip_nade:
+        # The RNN-NADE: exact likelihood, so training and evaluation have no chains at all.
+        for batch in (1, 4):
+            settings = resolve_settings({"data": str(data_path), "model_type": "rnn-nade", "optimizer": "adam",
+                                         "batch": batch, "epochs": 1, "seed": args.seed, "eval_every": 0,
+                                         "run_dir": str(Path(tempfile.mkdtemp(prefix="rnnrbm-bench-")) / "run"),
+                                         "device": device.type})
+            nade_trainer = Trainer(settings, device, data, data_path)
+            nade_trainer.start_run_dir("benchmark")
+            nade_trainer.train()
+            fps = nade_trainer.last_metrics["frames_per_second"]
+            row(f"train RNN-NADE batch {batch}, frames/s", fps, None, "frames/s", better="higher")
+        from rnnrbm_cli.evaluate import evaluate
+
+        test = data.splits["test"]
+        sync(device)
+        t0 = time.perf_counter()
+        result = evaluate(nade_trainer.model, test, samples=args.nade_samples,
+                          generator=torch.Generator(device=device).manual_seed(args.seed))
+        sync(device)
+        row(f"evaluate RNN-NADE test ({result['frames']:,} frames, exact)", time.perf_counter() - t0, None, "s")
+        print(f"  (LL {result['log_likelihood']:.3f}, ACC {result['frame_accuracy']:.2f}% from {args.nade_samples} "
+              "exact samples per frame, after 1 epoch)")
 
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row("peak host memory", peak_rss, None, "MiB")

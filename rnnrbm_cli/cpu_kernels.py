@@ -722,6 +722,71 @@ def _gibbs_rows(W, Wt, bv, bh, v, k, seed, blocks, out):
                 out[r, i] = v_on[i]
 
 
+# -- annealed importance sampling --------------------------------------------------------
+
+
+@_parallel
+def _ais(W, Wt, base, bv, bh, schedule, chains, seed, blocks, log_w):
+    """log_w[f, c] = the log-weight of AIS run c of frame f, on the path of
+    evaluate.ais_log_partition: with the hidden units summed out,
+
+        f_b(v) = (1 - b) v.base + b v.bv + sum_j softplus(b (v W + bh)_j),
+
+    the run starts from v ~ Bernoulli(sigmoid(base[f])) and, for each step from beta
+    schedule[k-1] to schedule[k], adds f_k(v) - f_{k-1}(v), then takes one block Gibbs step
+    at schedule[k] (none after the last). Runs are independent: frames in parallel, each run
+    its own random stream (f * chains + c), so results do not depend on the thread count.
+    W and bh have their hidden axis padded (_pad_hidden); Wt = W^T is not. schedule is
+    float64; log_w is float64 (N, chains).
+    """
+    N, n_v = bv.shape
+    n_hp = W.shape[1]
+    n_h = Wt.shape[0]
+    K = schedule.shape[0] - 1
+    for block in prange(blocks):
+        pre = np.empty(n_hp, np.float32)
+        x1 = np.empty(n_hp, np.float32)
+        xv = np.empty(n_v, np.float32)
+        work = np.empty(n_hp, np.float32)
+        h_on = np.empty(n_hp, np.bool_)
+        v_on = np.empty(n_v, np.bool_)
+        h_idx = np.empty(n_h, np.int64)
+        v_idx = np.empty(n_v, np.int64)
+        rand = np.empty(_n_uniforms(n_hp + n_v), np.float32)
+        lo, hi = _block_range(block, blocks, N)
+        for f in range(lo, hi):
+            a, b, c = base[f], bv[f], bh[f]
+            for run in range(chains):
+                counter = _stream_start(seed, f * chains + run)
+                counter = _uniforms(rand, n_v, counter)
+                n_v_on = _sample(a, rand[:n_v], v_on, v_idx, n_v)
+                lw = 0.0
+                for k in range(1, K + 1):
+                    b0 = _f32(schedule[k - 1])
+                    b1 = _f32(schedule[k])
+                    _bias_plus_rows(pre, c, W, v_idx, n_v_on)  # v W + bh(t); padding stays 0
+                    for j in range(n_hp):
+                        x1[j] = b1 * pre[j]
+                        work[j] = _softplus(x1[j]) - _softplus(b0 * pre[j])
+                    step = np.float64(_sum(work[:n_h]))
+                    gap = _ZERO
+                    for q in range(n_v_on):
+                        i = v_idx[q]
+                        gap += b[i] - a[i]
+                    lw += step + (schedule[k] - schedule[k - 1]) * np.float64(gap)
+                    if k == K:
+                        break
+                    counter = _uniforms(rand, n_hp + n_v, counter)
+                    n_h_on = _sample(x1, rand[:n_hp], h_on, h_idx, n_h)
+                    for i in range(n_v):
+                        xv[i] = _ZERO
+                    _add_rows(xv, Wt, h_idx, n_h_on)
+                    for i in range(n_v):
+                        xv[i] = (_ONE - b1) * a[i] + b1 * (b[i] + xv[i])
+                    n_v_on = _sample(xv, rand[n_hp : n_hp + n_v], v_on, v_idx, n_v)
+                log_w[f, run] = lw
+
+
 # -- generation --------------------------------------------------------------------------
 
 
@@ -768,6 +833,7 @@ def _generate(W, Wt, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u_start, k, seed, out):
 # RNNRBM.PARAMETERS (W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u0), then their gradients.
 
 cd = _cd
+ais = _ais
 rnn_serial = _rnn_serial
 generate_rows = _generate
 gibbs_rows = _gibbs_rows

@@ -79,6 +79,9 @@ class Sampler(Protocol):
 
     def gibbs_chain(self, v: Tensor, W: Tensor, bv: Tensor, bh: Tensor, k: int, generator: torch.Generator | None) -> Tensor: ...
 
+    def ais_log_weights(self, W: Tensor, base: Tensor, bv: Tensor, bh: Tensor, schedule: Tensor, chains: int,
+                        generator: torch.Generator | None) -> Tensor: ...
+
 
 # -- choosing ------------------------------------------------------------------------------
 
@@ -254,6 +257,9 @@ class TorchSampler:
             v = rbm.gibbs_chain(v, W, bv, bh, 1, generator)
         return v
 
+    def ais_log_weights(self, W, base, bv, bh, schedule, chains, generator=None) -> Tensor:
+        return rbm.ais_log_weights(W, base, bv, bh, schedule, chains, generator)
+
 
 # -- numba: the compiled CPU kernels ---------------------------------------------------------
 
@@ -359,7 +365,7 @@ class NumbaSampler:
 
     def compile_message(self) -> str | None:
         kernels = _kernels()
-        return COMPILE_MESSAGE if _compiled_before(kernels.generate_rows, kernels.rnn_serial, kernels.gibbs_rows) is False else None
+        return COMPILE_MESSAGE if _compiled_before(kernels.generate_rows, kernels.rnn_serial, kernels.gibbs_rows, kernels.ais) is False else None
 
     def generate(self, n, steps, k, primer=None, generator=None) -> Tensor:
         """:meth:`RNNRBM.generate` on the CPU: n sequences of ``steps`` new frames, each from
@@ -411,6 +417,22 @@ class NumbaSampler:
             _seed(generator), blocks, out,
         )
         return torch.from_numpy(out).reshape(shape)
+
+    def ais_log_weights(self, W, base, bv, bh, schedule, chains, generator=None) -> Tensor:
+        """:func:`rnnrbm_cli.model.ais_log_weights` by the kernels: the same path, a random
+        stream per run (so the thread count changes nothing), frames in parallel.
+        Returns (n, chains) float64."""
+        kernels = _kernels()
+        W_np = np.ascontiguousarray(W.detach().cpu().numpy(), np.float32)
+        arrays = [np.ascontiguousarray(x.detach().cpu().numpy(), np.float32) for x in (base, bv, bh)]
+        n = arrays[0].shape[0]
+        log_w = np.empty((n, chains), np.float64)
+        blocks = max(1, min(n, 4 * kernels.numba.get_num_threads()))
+        kernels.ais(
+            kernels.pad_hidden(W_np), np.ascontiguousarray(W_np.T), arrays[0], arrays[1], kernels.pad_hidden(arrays[2]),
+            np.ascontiguousarray(schedule.cpu().numpy(), np.float64), chains, _seed(generator), blocks, log_w,
+        )
+        return torch.from_numpy(log_w)
 
 
 # -- the RNN-NADE: exact likelihood, torch on any device ---------------------------------------

@@ -215,6 +215,7 @@ def ais_log_partition(
     base: Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
+    sampler: Sampler | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Estimate log Z of N RBMs sharing W by annealed importance sampling.
 
@@ -230,7 +231,8 @@ def ais_log_partition(
     increasing float tensor from 0 to 1.
 
     Returns (log_z, var) each (N,): the estimate log Z_0 + log mean_c exp(log w_c), and the
-    delta-method variance of that estimate, var(w) / (chains mean(w)^2).
+    delta-method variance of that estimate, var(w) / (chains mean(w)^2). ``sampler`` runs
+    the chains (``engines.sampler_for``; default the torch reference, model.ais_log_weights).
     """
     n_v, n_h = W.shape
     N = bv.shape[0]
@@ -240,34 +242,14 @@ def ais_log_partition(
         raise ValueError("an AIS schedule must increase strictly from 0 to 1.")
     if base is None:
         base = bv
+    schedule_t = torch.tensor(schedule, dtype=torch.float64)
+    weights = (sampler or TorchSampler(None)).ais_log_weights
     log_z = torch.empty(N, device=device, dtype=dtype)
     var = torch.empty(N, device=device, dtype=dtype)
     nb = max(1, _rows_budget(device) // chains)
-    last = len(schedule) - 1
     for start in range(0, N, nb):
         stop = min(start + nb, N)
-        n = stop - start
-        a = base[start:stop].unsqueeze(1)  # (n, 1, n_v)
-        b = bv[start:stop].unsqueeze(1)  # (n, 1, n_v)
-        c = bh[start:stop].unsqueeze(1)  # (n, 1, n_h)
-        d = (bv[start:stop] - base[start:stop]).unsqueeze(-1)  # (n, n_v, 1)
-        v = torch.bernoulli(torch.sigmoid(a).expand(n, chains, n_v), generator=generator)
-        log_w = torch.zeros((n, chains), device=device, dtype=dtype)
-        for k in range(1, last + 1):
-            b0, b1 = schedule[k - 1], schedule[k]
-            pre = (v.view(-1, n_v) @ W).view(n, chains, n_h).add_(c)  # v W + bh(t)
-            # f_b1(v) - f_b0(v), elementwise first: the two softplus sums are large and close.
-            x1 = pre.mul_(b1)
-            step = F.softplus(x1) - F.softplus(x1 * (b0 / b1))
-            log_w += step.sum(-1)
-            log_w += (b1 - b0) * (v @ d).squeeze(-1)
-            if k == last:
-                break
-            # One Gibbs step at b1: h ~ p_b1(h | v), then v ~ p_b1(v | h).
-            # (torch.bernoulli draws and compares in one pass: faster than rand + compare.)
-            h = torch.bernoulli(x1.sigmoid_(), generator=generator)
-            x = (h.view(-1, n_h) @ (b1 * W.t())).view(n, chains, n_v).add_((1.0 - b1) * a + b1 * b)
-            v = torch.bernoulli(x.sigmoid_(), generator=generator)
+        log_w = weights(W, base[start:stop], bv[start:stop], bh[start:stop], schedule_t, chains, generator)
         log_mean_w = torch.logsumexp(log_w, dim=1) - math.log(chains)
         log_z[start:stop] = F.softplus(base[start:stop]).sum(-1) + n_h * math.log(2.0) + log_mean_w
         # Relative variance of the weights over chains, divided by chains: var of log Z-hat.
@@ -335,7 +317,7 @@ def frame_log_likelihoods(
                                progress=_stage(progress, "AIS base", len(frames)), sampler=sampler)
     log_z, var = ais_log_partition(
         W, frames.bv, frames.bh, chains=chains, betas=betas, base=ais_base(marginals),
-        generator=generator, progress=_stage(progress, "AIS log Z", len(frames)),
+        generator=generator, progress=_stage(progress, "AIS log Z", len(frames)), sampler=sampler,
     )
     return neg_f - log_z, var, "ais"
 

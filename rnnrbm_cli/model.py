@@ -129,6 +129,45 @@ def log_partition_exact(W: Tensor, bv: Tensor, bh: Tensor) -> Tensor:
     return torch.logsumexp(terms, dim=-1)
 
 
+@torch.no_grad()
+def ais_log_weights(
+    W: Tensor, base: Tensor, bv: Tensor, bh: Tensor, schedule: Tensor, chains: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Log-weights of ``chains`` AIS runs for each of n RBMs sharing W (the reference path).
+
+    base, bv : (n, n_visible); bh : (n, n_hidden); schedule : (K + 1,) float64 inverse
+    temperatures from 0 to 1. With the hidden units summed out the intermediate models are
+    f_b(v) = (1 - b) v.base + b v.bv + sum_j softplus(b (v W + bh)_j); a run starts from
+    v ~ Bernoulli(sigmoid(base)), adds f_k(v) - f_(k-1)(v) at each step and takes one block
+    Gibbs step at beta_k (none after the last). Returns (n, chains) in W's dtype.
+    """
+    n_v, n_h = W.shape
+    n = bv.shape[0]
+    steps = schedule.tolist()
+    a, b, c = base.unsqueeze(1), bv.unsqueeze(1), bh.unsqueeze(1)  # (n, 1, .)
+    d = (bv - base).unsqueeze(-1)  # (n, n_v, 1)
+    v = torch.bernoulli(torch.sigmoid(a).expand(n, chains, n_v), generator=generator)
+    log_w = torch.zeros((n, chains), device=W.device, dtype=W.dtype)
+    last = len(steps) - 1
+    for k in range(1, last + 1):
+        b0, b1 = steps[k - 1], steps[k]
+        pre = (v.view(-1, n_v) @ W).view(n, chains, n_h).add_(c)  # v W + bh(t)
+        # f_b1(v) - f_b0(v), elementwise first: the two softplus sums are large and close.
+        x1 = pre.mul_(b1)
+        step = F.softplus(x1) - F.softplus(x1 * (b0 / b1))
+        log_w += step.sum(-1)
+        log_w += (b1 - b0) * (v @ d).squeeze(-1)
+        if k == last:
+            break
+        # One Gibbs step at b1: h ~ p_b1(h | v), then v ~ p_b1(v | h).
+        # (torch.bernoulli draws and compares in one pass: faster than rand + compare.)
+        h = torch.bernoulli(x1.sigmoid_(), generator=generator)
+        x = (h.view(-1, n_h) @ (b1 * W.t())).view(n, chains, n_v).add_((1.0 - b1) * a + b1 * b)
+        v = torch.bernoulli(x.sigmoid_(), generator=generator)
+    return log_w
+
+
 def length_mask(lengths: Tensor, T: int) -> Tensor:
     """(B, T) float mask, 1 where t < lengths[b]."""
     return (torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]).float()
