@@ -23,7 +23,9 @@ class ChunkedData:
         if not sequences:
             raise RnnrbmError("the training data has no sequences.")
         rolls = np.concatenate([np.asarray(s, dtype=np.float32) for s in sequences] + [np.zeros((1, sequences[0].shape[1]), np.float32)])
-        self.frames = torch.from_numpy(rolls).to(device)
+        # Row-major always: the .mat rolls arrive column-major, and compiled code reads frames
+        # row by row (a layout of its own would also make numba compile a second version).
+        self.frames = torch.from_numpy(np.ascontiguousarray(rolls)).to(device)
         self.pad_row = rolls.shape[0] - 1
         self.binary = bool(((rolls == 0) | (rolls == 1)).all())  # engines.py: what the compiled kernels need
         starts, lengths, seq_of_chunk = [], [], []

@@ -185,6 +185,7 @@ def curves_figure(
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
     ax.set_title(title)
+    _mark_stages(axes, metrics)
 
     if has_acc:
         acc = metrics.column("valid_acc")
@@ -201,6 +202,26 @@ def curves_figure(
     ax.grid(axis="y", alpha=0.3)
     ax.xaxis.get_major_locator().set_params(integer=True)
     return fig
+
+
+_STAGE_LABELS = {"rbm": "RBM pretraining", "rnn": "RNN pretraining"}
+
+
+def _mark_stages(axes, metrics: Metrics) -> None:
+    """Shade the pretraining stages (metrics lines name their stage) and label them."""
+    stages = [r.get("stage", "fine") for r in metrics.epochs]
+    epochs = [r["epoch"] for r in metrics.epochs]
+    start = 0
+    for i in range(1, len(stages) + 1):
+        if i == len(stages) or stages[i] != stages[start]:
+            name = stages[start]
+            if name in _STAGE_LABELS:
+                lo, hi = epochs[start] - 0.5, epochs[i - 1] + 0.5
+                for ax in axes:
+                    ax.axvspan(lo, hi, color="tab:olive" if name == "rbm" else "tab:cyan", alpha=0.12, linewidth=0)
+                axes[0].text((lo + hi) / 2, 0.98, _STAGE_LABELS[name], transform=axes[0].get_xaxis_transform(),
+                             ha="center", va="top", fontsize="small")
+            start = i
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
