@@ -20,7 +20,7 @@ import pytest
 import scipy.io
 from click.testing import CliRunner
 
-from rnnrbm_cli import datasets
+from rnnrbm_cli import datasets, prepared
 from rnnrbm_cli.cli import cli
 from rnnrbm_cli.datasets import (
     load_prepared,
@@ -518,7 +518,7 @@ def test_nothing_is_written_when_writing_fails(tmp_path, monkeypatch):
         f.write(b"PK\x03\x04 half an archive")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(datasets.np, "savez_compressed", broken)
+    monkeypatch.setattr(prepared.np, "savez_compressed", broken)
     with pytest.raises(RnnrbmError, match="cannot write .*songs.npz: No space left on device"):
         prepare(songs, out=out, progress=False)
     assert out.read_bytes() == b"previous content"
