@@ -237,6 +237,24 @@ class Trainer:
                                                                    patience=o.lr_patience)
         return Stage(name, objective, self.train_data, self.valid_data, o.batch, list(model.parameters()), optimizer, scheduler)
 
+    # Fewer plain-SGD steps than this at the tutorial's rate leave the model below an
+    # independent-notes baseline (measured on JSB chorales: 48,600 steps, -10.70 against -10.48).
+    MIN_TUTORIAL_STEPS = 200_000
+
+    def advice(self) -> str | None:
+        """A sentence for the user when the settings are the tutorial's plain SGD and the data
+        is too small for them to train the model within the epochs asked for."""
+        o = self.settings.optim
+        if o.optimizer != "sgd" or o.lr > 0.001 or o.momentum or o.pretrain_rbm_epochs or o.pretrain_rnn_epochs:
+            return None
+        per_epoch = -(-len(self.train_data.chunks) // o.batch)
+        steps = per_epoch * o.epochs
+        if steps >= self.MIN_TUTORIAL_STEPS:
+            return None
+        return (f"Note: {per_epoch:,} updates per epoch make {steps:,} plain SGD steps at lr {o.lr:g}, too few for these "
+                f"settings to learn this data (a model of independent notes does better); --preset paper trains it "
+                "properly.")
+
     # -- checkpoints --------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
@@ -316,6 +334,9 @@ class Trainer:
             "train_sequences": self.train_data.n_sequences, "train_frames": self.train_data.n_frames,
             "train_chunks": len(self.train_data.chunks), "epoch": self.epoch, "epochs": self.total_epochs,
         })
+        advice = self.advice()
+        if advice is not None and self.epoch == 0:
+            self.callbacks.on_message(advice)
         announced = None
         while self.epoch < self.total_epochs and not self.stopped_early:
             name = self.stage_of(self.epoch)

@@ -187,3 +187,17 @@ def test_settings_of_the_method_are_checked():
         with pytest.raises(RnnrbmUsageError):
             resolve_settings(bad)
     assert resolve_settings({"lr_rbm": 1}).optim.lr_rbm == 1.0
+
+
+def test_the_tutorials_plain_sgd_on_small_data_says_so(toy_npz, tmp_path):
+    messages = []
+
+    class Say(Callbacks):
+        def on_message(self, text):
+            messages.append(text)
+
+    make_trainer(toy_npz, tmp_path / "a", epochs=1, optimizer="sgd", lr=0.001, callbacks=Say()).train()
+    assert any("too few" in m and "--preset paper" in m for m in messages)
+    messages.clear()
+    make_trainer(toy_npz, tmp_path / "b", epochs=1, optimizer="adam", lr=0.001, callbacks=Say()).train()
+    assert not any("too few" in m for m in messages)
