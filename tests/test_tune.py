@@ -73,7 +73,7 @@ def test_the_default_space_names_only_settings_that_exist(model, toy_npz):
 
     space = read_space(None, model)
     assert set(space.params) | set(space.fixed) <= set(Settings().flat())
-    assert {"lr", "momentum", "batch", "chunk", "n_hidden", "n_recurrent"} <= set(space.params)
+    assert {"lr", "batch", "n_hidden", "n_recurrent", "lr_schedule"} <= set(space.params)
     assert ("k" in space.params) == (model == "rnn-rbm")  # the RNN-NADE has no Gibbs chain
     base_settings(flags={"data": str(toy_npz), "model_type": model}, space=space)  # every end is a valid setting
 
