@@ -153,6 +153,8 @@ def main(argv=None):
                     help="test frames for evaluate, scaled to the whole split (default: all on CUDA, 1000 on CPU)")
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--skip-nade", action="store_true", help="leave out the RNN-NADE's train and evaluate figures")
+    ap.add_argument("--ais-frames", type=int, default=200, help="test frames of the AIS engine comparison")
+    ap.add_argument("--ais-betas", type=int, default=100, help="betas of the AIS engine comparison")
     ap.add_argument("--nade-samples", type=int, default=20, help="exact samples per frame for the RNN-NADE's ACC")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the figures to this JSON file")
@@ -213,6 +215,29 @@ def main(argv=None):
         label = f"evaluate test ({n_test:,} frames)" + ("" if frames == n_test else f", from {frames:,}")
         row(label, seconds, None, "s", TARGETS["evaluate_test_s"][1 if gpu else 0])
         print(f"  (LL {result['log_likelihood']:.3f}, ACC {result['frame_accuracy']:.2f}% after 2 epochs)")
+
+    if not args.skip_eval:
+        # AIS alone, both engines on the same frames, chains, betas and seed: the ratio the
+        # speed issue asks for (the torch path is the reference and the CUDA path).
+        from rnnrbm_cli.engines import sampler_for as _sampler_for
+        from rnnrbm_cli.evaluate import ais_base, ais_log_partition, conditional_frames, note_marginals
+
+        frames = conditional_frames(model, data.splits["test"], max_frames=args.ais_frames,
+                                    generator=torch.Generator(device=device).manual_seed(args.seed))
+        base = ais_base(note_marginals(model.W, frames.bv, frames.bh, generator=torch.Generator(device=device).manual_seed(1)))
+        per = {}
+        for name in (["torch", "numba"] if not gpu else ["torch"]):
+            s = _sampler_for(model, name)
+            sync(device)
+            t0 = time.perf_counter()
+            ais_log_partition(model.W, frames.bv, frames.bh, chains=100, betas=args.ais_betas, base=base,
+                              generator=torch.Generator(device=device).manual_seed(args.seed), sampler=s)
+            sync(device)
+            per[name] = (time.perf_counter() - t0) / (len(frames) * 100 * args.ais_betas) * 1e6
+        if "numba" in per:
+            row("AIS, us per frame x chain x beta", per["numba"], per["torch"], "us", per["torch"] / 8)
+        else:
+            row("AIS, us per frame x chain x beta", per["torch"], None, "us")
 
     if not args.skip_nade:
         # The RNN-NADE: exact likelihood, so training and evaluation have no chains at all.
