@@ -174,57 +174,31 @@ def sampler_for(model: torch.nn.Module, backend: str = "auto") -> Sampler:
 # -- torch: the reference, any device --------------------------------------------------------
 
 
-class TorchCD:
-    """CD-k by autograd on padded batches (``RNNRBM.cd_cost``)."""
+class _TorchObjective:
+    """An objective autograd differentiates: ``cost`` of a padded batch (B, T, n_visible)
+    returns a CDResult (cost, monitor, n_frames); gradients and the monitor follow from it."""
 
     backend = "torch"
-
-    def __init__(self, model: rbm.RNNRBM, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
-        self.model, self.data, self.k, self.generator = model, data, k, generator
-
-    def gradients(self, chunk_ids: Tensor) -> StepStats:
-        v, lengths = self.data.batch(chunk_ids)
-        res = self.model.cd_cost(v, lengths, self.k, self.generator)
-        res.cost.backward()
-        return StepStats(res.cost.detach(), res.monitor, res.n_frames)
-
-    @torch.no_grad()
-    def monitor(self, data: ChunkedData, generator: torch.Generator) -> float:
-        total, frames = None, 0
-        for ids in torch.arange(len(data.chunks)).split(256):
-            v, lengths = data.batch(ids)
-            res = self.model.cd_cost(v, lengths, self.k, generator)
-            total = res.monitor * res.n_frames if total is None else total + res.monitor * res.n_frames
-            frames += res.n_frames
-        return float(total) / frames
-
-    def compile_message(self) -> str | None:
-        return None
-
-    def warm_up(self) -> None:
-        pass
-
-
-class TorchRNNPrediction:
-    """The RNN's cross-entropy prediction of each frame (``rnn_prediction_cost``), by autograd."""
-
-    backend = "torch"
+    monitor_chunks = 256  # chunks per batch when the monitor runs over a whole split
 
     def __init__(self, model, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
-        self.model, self.data = model, data
+        self.model, self.data, self.k, self.generator = model, data, k, generator
+
+    def cost(self, v: Tensor, lengths: Tensor | None, generator: torch.Generator | None):
+        raise NotImplementedError
 
     def gradients(self, chunk_ids: Tensor) -> StepStats:
         v, lengths = self.data.batch(chunk_ids)
-        res = self.model.rnn_prediction_cost(v, lengths)
+        res = self.cost(v, lengths, self.generator)
         res.cost.backward()
         return StepStats(res.cost.detach(), res.monitor, res.n_frames)
 
     @torch.no_grad()
     def monitor(self, data: ChunkedData, generator: torch.Generator) -> float:
         total, frames = None, 0
-        for ids in torch.arange(len(data.chunks)).split(256):
+        for ids in torch.arange(len(data.chunks)).split(self.monitor_chunks):
             v, lengths = data.batch(ids)
-            res = self.model.rnn_prediction_cost(v, lengths)
+            res = self.cost(v, lengths, generator)
             total = res.monitor * res.n_frames if total is None else total + res.monitor * res.n_frames
             frames += res.n_frames
         return float(total) / frames
@@ -234,6 +208,20 @@ class TorchRNNPrediction:
 
     def warm_up(self) -> None:
         pass
+
+
+class TorchCD(_TorchObjective):
+    """CD-k by autograd on padded batches (``RNNRBM.cd_cost``)."""
+
+    def cost(self, v, lengths, generator):
+        return self.model.cd_cost(v, lengths, self.k, generator)
+
+
+class TorchRNNPrediction(_TorchObjective):
+    """The RNN's cross-entropy prediction of each frame (``rnn_prediction_cost``), by autograd."""
+
+    def cost(self, v, lengths, generator):
+        return self.model.rnn_prediction_cost(v, lengths)
 
 
 class TorchSampler:
@@ -438,39 +426,18 @@ class NumbaSampler:
 # -- the RNN-NADE: exact likelihood, torch on any device ---------------------------------------
 
 
-class TorchNLL:
+class TorchNLL(_TorchObjective):
     """Exact maximum likelihood by autograd (``RNNNADE.nll_cost``); its monitor is the
     exact log-likelihood per frame."""
 
-    backend = "torch"
-
     def __init__(self, model, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
-        self.model, self.data = model, data
-
-    def gradients(self, chunk_ids: Tensor) -> StepStats:
-        v, lengths = self.data.batch(chunk_ids)
-        res = self.model.nll_cost(v, lengths)
-        res.cost.backward()
-        return StepStats(res.cost.detach(), res.monitor, res.n_frames)
-
-    @torch.no_grad()
-    def monitor(self, data: ChunkedData, generator: torch.Generator) -> float:
         from rnnrbm_cli.nade import frames_per_batch
 
-        total, frames = None, 0
-        per = max(1, frames_per_batch(self.model) // max(1, data.chunk))
-        for ids in torch.arange(len(data.chunks)).split(per):
-            v, lengths = data.batch(ids)
-            res = self.model.nll_cost(v, lengths)
-            total = res.monitor * res.n_frames if total is None else total + res.monitor * res.n_frames
-            frames += res.n_frames
-        return float(total) / frames
+        super().__init__(model, data, k, generator)
+        self.monitor_chunks = max(1, frames_per_batch(model) // max(1, data.chunk))
 
-    def compile_message(self) -> str | None:
-        return None
-
-    def warm_up(self) -> None:
-        pass
+    def cost(self, v, lengths, generator):
+        return self.model.nll_cost(v, lengths)
 
 
 class NADESampler:
