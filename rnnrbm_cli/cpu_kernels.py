@@ -839,12 +839,3 @@ generate_rows = _generate
 gibbs_rows = _gibbs_rows
 pad_hidden = _pad_hidden
 NO_SAMPLES = np.zeros((0, 1), np.float32)  # "no negative samples given" for cd
-
-
-def compiled_before() -> bool | None:
-    """Whether numba's cache already holds the training kernel (False: the next call
-    compiles, about a minute); None when that cannot be told (numba internals changed)."""
-    try:
-        return os.path.exists(_cd._cache._cache_file._index_path)
-    except AttributeError:
-        return None
