@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnrbm_cli.recurrence import Recurrent
+from rnnrbm_cli.recurrence import Recurrent, normal_init
 
 
 @dataclass(frozen=True)
@@ -198,15 +198,10 @@ class RNNRBM(Recurrent):
         self.config = config
         n_v, n_h, n_u = config.n_visible, config.n_hidden, config.n_recurrent
 
-        def normal(*shape: int, sd: float) -> Tensor:
-            return torch.randn(*shape, generator=generator) * sd
-
+        normal = normal_init(generator)
         # The tutorial's initialisation: W ~ N(0, 0.01), RNN weights ~ N(0, 0.0001), biases 0.
         self.W = nn.Parameter(normal(n_v, n_h, sd=0.01))
-        self.bv = nn.Parameter(torch.zeros(n_v))
-        self.bh = nn.Parameter(torch.zeros(n_h))
-        self.Wuh = nn.Parameter(normal(n_u, n_h, sd=0.0001))
-        self.Wuv = nn.Parameter(normal(n_u, n_v, sd=0.0001))
+        self._init_conditioning(n_v, n_h, n_u, normal)
         self._init_recurrence(config.rnn, n_v, n_u, config.learn_u0, normal, generator)
 
     def parameter_list(self) -> list[Tensor]:
@@ -214,15 +209,6 @@ class RNNRBM(Recurrent):
         return [getattr(self, name) for name in self.PARAMETERS]
 
     # -- the deterministic RNN ----------------------------------------------------------
-
-    def conditional_biases(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        """bv(t), bh(t) for every frame of v, each computed from u(t-1) (the past only).
-
-        v : (B, T, n_visible). Returns bv_t (B, T, n_visible) and bh_t (B, T, n_hidden).
-        """
-        # u(t-1), not u(t): the RBM at t sees only frames before t.
-        u_prev = self.previous_outputs(v)
-        return self.bv + u_prev @ self.Wuv, self.bh + u_prev @ self.Wuh
 
     # -- training -----------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from rnnrbm_cli.model import CDResult, ModelConfig, length_mask
-from rnnrbm_cli.recurrence import Recurrent
+from rnnrbm_cli.recurrence import Recurrent, normal_init
 
 # Frames of a (frames, n_visible, n_hidden) working tensor at once: ~0.5 GB in float32
 # at the default sizes, bounding memory of evaluation and sampling, not the results.
@@ -42,21 +42,11 @@ class RNNNADE(Recurrent):
         self.config = config
         n_v, n_h, n_u = config.n_visible, config.n_hidden, config.n_recurrent
 
-        def normal(*shape: int, sd: float) -> Tensor:
-            return torch.randn(*shape, generator=generator) * sd
-
+        normal = normal_init(generator)
         self.W = nn.Parameter(normal(n_v, n_h, sd=0.01))
         self.V = nn.Parameter(normal(n_v, n_h, sd=0.01))
-        self.bv = nn.Parameter(torch.zeros(n_v))
-        self.bh = nn.Parameter(torch.zeros(n_h))
-        self.Wuh = nn.Parameter(normal(n_u, n_h, sd=0.0001))
-        self.Wuv = nn.Parameter(normal(n_u, n_v, sd=0.0001))
+        self._init_conditioning(n_v, n_h, n_u, normal)
         self._init_recurrence(config.rnn, n_v, n_u, config.learn_u0, normal, generator)
-
-    def conditional_biases(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        """b(t), c(t) for every frame of v (B, T, n_visible), each from u(t-1): (B, T, n_visible), (B, T, n_hidden)."""
-        u_prev = self.previous_outputs(v)
-        return self.bv + u_prev @ self.Wuv, self.bh + u_prev @ self.Wuh
 
     # -- the NADE of one frame ------------------------------------------------------------
 

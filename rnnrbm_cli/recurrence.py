@@ -22,8 +22,32 @@ RNN_KINDS = ("tanh", "sigmoid", "lstm", "gru")
 State = tuple[Tensor, ...]  # (u,) for tanh, sigmoid, gru; (u, cell) for lstm
 
 
+def normal_init(generator: torch.Generator | None) -> Callable[..., Tensor]:
+    """``normal(*shape, sd=)``: N(0, sd^2) draws from ``generator`` (the global one if None)."""
+
+    def normal(*shape: int, sd: float) -> Tensor:
+        return torch.randn(*shape, generator=generator) * sd
+
+    return normal
+
+
 class Recurrent(nn.Module):
-    """Base of the models: builds and runs the recurrence named by ``config.rnn``."""
+    """Base of the models: builds and runs the recurrence named by ``config.rnn``, and the
+    conditioning both models share, bv(t) = bv + u(t-1) Wuv and bh(t) = bh + u(t-1) Wuh."""
+
+    def _init_conditioning(self, n_v: int, n_h: int, n_u: int, normal: Callable[..., Tensor]) -> None:
+        """bv, bh (zeros) and Wuh, Wuv ~ N(0, 0.0001^2), the tutorial's, drawn in this order."""
+        self.bv = nn.Parameter(torch.zeros(n_v))
+        self.bh = nn.Parameter(torch.zeros(n_h))
+        self.Wuh = nn.Parameter(normal(n_u, n_h, sd=0.0001))
+        self.Wuv = nn.Parameter(normal(n_u, n_v, sd=0.0001))
+
+    def conditional_biases(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """bv(t), bh(t) for every frame of v (B, T, n_visible), each computed from u(t-1) (the
+        past only): (B, T, n_visible) and (B, T, n_hidden)."""
+        # u(t-1), not u(t): the frame model at t sees only frames before t.
+        u_prev = self.previous_outputs(v)
+        return self.bv + u_prev @ self.Wuv, self.bh + u_prev @ self.Wuh
 
     def _init_recurrence(self, kind: str, n_in: int, n_u: int, learn_u0: bool, normal: Callable[..., Tensor],
                          generator: torch.Generator | None) -> None:

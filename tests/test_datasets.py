@@ -20,7 +20,7 @@ import pytest
 import scipy.io
 from click.testing import CliRunner
 
-from rnnrbm_cli import datasets, prepared
+from rnnrbm_cli import prepared
 from rnnrbm_cli.cli import cli
 from rnnrbm_cli.datasets import (
     load_prepared,

@@ -4,19 +4,17 @@ clipping, early stopping, and resume in the middle of any stage."""
 from __future__ import annotations
 
 import json
-import signal
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from rnnrbm_cli.datasets import load_prepared
 from rnnrbm_cli.model import RNNRBM, ModelConfig, free_energy
 from rnnrbm_cli.train import Callbacks, StopFlag, TrainingInterrupted, resume_trainer
 
 from conftest import make_trainer
-from test_train import params
+from test_train import StopAt, params
 
 
 def metrics_of(run_dir) -> list[dict]:
@@ -149,15 +147,6 @@ def test_the_plateau_schedule_decays_when_validation_stalls(toy_npz, tmp_path, m
     lrs = [m["lr"] for m in metrics_of(tmp_path / "run")]
     # decayed once more than lr_patience estimates have not improved: after epochs 4 and 6
     assert lrs == [0.04, 0.04, 0.04, 0.04, 0.02, 0.02] and t.optimizer.param_groups[0]["lr"] == 0.01
-
-
-class StopAt(Callbacks):
-    def __init__(self, stop: StopFlag, epoch: int, update: int) -> None:
-        self.stop, self.epoch, self.update = stop, epoch, update
-
-    def on_update(self, epoch, update, n_updates):
-        if (epoch, update) == (self.epoch, self.update):
-            self.stop.set(signal.SIGINT)
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba"])
