@@ -224,12 +224,12 @@ class TorchRNNPrediction(_TorchObjective):
         return self.model.rnn_prediction_cost(v, lengths)
 
 
-class TorchSampler:
-    """The model's own reference sampler."""
+class _ModelSampler:
+    """A sampler that is the model's own ``generate`` (torch, any device)."""
 
     backend = "torch"
 
-    def __init__(self, model: rbm.RNNRBM) -> None:
+    def __init__(self, model) -> None:
         self.model = model
 
     def compile_message(self) -> str | None:
@@ -237,6 +237,10 @@ class TorchSampler:
 
     def generate(self, n, steps, k, primer=None, generator=None) -> Tensor:
         return self.model.generate(n, steps, k, primer, generator)
+
+
+class TorchSampler(_ModelSampler):
+    """The RNN-RBM's reference sampler: its generate, Gibbs chains and AIS in torch."""
 
     def gibbs_chain(self, v, W, bv, bh, k, generator=None) -> Tensor:
         """k block Gibbs steps from ``v`` (..., n_visible) with biases broadcast against it;
@@ -440,19 +444,8 @@ class TorchNLL(_TorchObjective):
         return self.model.nll_cost(v, lengths)
 
 
-class NADESampler:
+class NADESampler(_ModelSampler):
     """Exact ancestral sampling (``RNNNADE.generate``)."""
-
-    backend = "torch"
-
-    def __init__(self, model) -> None:
-        self.model = model
-
-    def compile_message(self) -> str | None:
-        return None
-
-    def generate(self, n, steps, k, primer=None, generator=None) -> Tensor:
-        return self.model.generate(n, steps, k, primer, generator)
 
     def gibbs_chain(self, v, W, bv, bh, k, generator=None) -> Tensor:
         raise TypeError("an RNN-NADE samples exactly; it has no Gibbs chain")

@@ -158,6 +158,21 @@ def png_size(path: Path) -> tuple[int, int]:
     return _struct.unpack(">II", head[16:24])
 
 
+def midi_bytes(*notes: tuple[int, float, float]) -> bytes:
+    """A small valid MIDI file at 120 bpm: one piano playing (pitch, start s, end s)."""
+    import io
+
+    import pretty_midi
+
+    midi = pretty_midi.PrettyMIDI()
+    piano = pretty_midi.Instrument(program=0)
+    piano.notes = [pretty_midi.Note(90, p, s, e) for p, s, e in notes]
+    midi.instruments.append(piano)
+    buffer = io.BytesIO()
+    midi.write(buffer)
+    return buffer.getvalue()
+
+
 # Three-chord progressions (C, F, G, Am), each chord held for two frames.
 CHORDS = [[48, 52, 55], [53, 57, 60], [55, 59, 62], [57, 60, 64]]
 

@@ -34,6 +34,8 @@ from rnnrbm_cli.datasets import (
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.pianoroll import midi_to_roll, read_midi
 
+from conftest import midi_bytes
+
 SPLITS = ("train", "valid", "test")
 
 
@@ -51,17 +53,6 @@ def mirror(shared_datasets, monkeypatch) -> Path:
     """The real files, as the mirror fetch copies from."""
     monkeypatch.setenv("RNNRBM_MIRROR", str(shared_datasets))
     return shared_datasets
-
-
-def midi_bytes(*notes: tuple[int, float, float]) -> bytes:
-    """A small valid MIDI file: one piano playing (pitch, start s, end s)."""
-    midi = pretty_midi.PrettyMIDI()
-    piano = pretty_midi.Instrument(program=0)
-    piano.notes = [pretty_midi.Note(90, p, s, e) for p, s, e in notes]
-    midi.instruments.append(piano)
-    buffer = io.BytesIO()
-    midi.write(buffer)
-    return buffer.getvalue()
 
 
 GOOD = midi_bytes((60, 0.0, 0.6), (64, 0.3, 0.9))  # 3 frames at dt = 0.3

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import mido
 import numpy as np
-import pretty_midi
 import pytest
 import torch
 from click.testing import CliRunner
@@ -36,7 +35,7 @@ from rnnrbm_cli.model import RNNRBM, ModelConfig
 from rnnrbm_cli.pianoroll import MAX_FRAMES, MAX_MIDI_BYTES, midi_to_roll, read_midi
 from rnnrbm_cli.readers import read_pickle
 
-from conftest import one_sentence_error, run
+from conftest import midi_bytes, one_sentence_error, run
 
 REPO = Path(__file__).resolve().parents[1]
 PEAK_LIMIT_MB = 500  # what preparing any of these files may cost, at most
@@ -55,17 +54,6 @@ def hostile_midi() -> bytes:
     midi.tracks.append(track)
     buffer = io.BytesIO()
     midi.save(file=buffer)
-    return buffer.getvalue()
-
-
-def midi_bytes(*notes: tuple[int, float, float]) -> bytes:
-    """A small valid MIDI file at 120 bpm: one piano playing (pitch, start s, end s)."""
-    midi = pretty_midi.PrettyMIDI()
-    piano = pretty_midi.Instrument(program=0)
-    piano.notes = [pretty_midi.Note(90, p, s, e) for p, s, e in notes]
-    midi.instruments.append(piano)
-    buffer = io.BytesIO()
-    midi.write(buffer)
     return buffer.getvalue()
 
 
