@@ -7,7 +7,7 @@ import sys
 import click
 
 from rnnrbm_cli.cli import (
-    _BACKENDS, cli,
+    _BACKENDS, _EVAL_METHODS, cli,
     err_console, print_json,
 )
 
@@ -48,6 +48,7 @@ from rnnrbm_cli.cli import (
 @click.option("--eval-frames", type=click.IntRange(min=1), help="Validation frames for that estimate (a fixed subset).  [default: 500]")
 @click.option("--eval-chains", type=click.IntRange(min=1), help="AIS chains for that estimate.  [default: 50]")
 @click.option("--eval-betas", type=click.IntRange(min=1), help="AIS inverse temperatures for that estimate.  [default: 100]")
+@click.option("--eval-method", type=click.Choice(_EVAL_METHODS), help="How that estimate anneals: ais (forward, errs high when too short) or raise (reverse from the frames, errs low).  [default: ais]")
 @click.option("--backend", type=click.Choice(_BACKENDS), help="Who computes: auto (the compiled CPU kernels on CPU, torch on CUDA), torch or numba.  [default: auto]")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory.  [default: a new runs/<data>-<timestamp>]")
 @click.option("--preset", type=click.Choice(["tutorial", "paper"]), help="Start from a named set of settings: tutorial (the 2012 tutorial exactly) or paper (the best recipe found on validation, for the chosen --model and --data); flags and --config override it.")

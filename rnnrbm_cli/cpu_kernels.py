@@ -725,17 +725,53 @@ def _gibbs_rows(W, Wt, bv, bh, v, k, seed, blocks, out):
 # -- annealed importance sampling --------------------------------------------------------
 
 
+@_inline
+def _ais_increment(pre, x1, work, c, W, a, b, v_idx, n_v_on, n_h, schedule, k):
+    """f_k(v) - f_{k-1}(v) (float64) at the binary v whose keys v_idx[:n_v_on] are on; leaves
+    pre = v W + bh and x1 = schedule[k] pre (padding stays 0)."""
+    b0 = _f32(schedule[k - 1])
+    b1 = _f32(schedule[k])
+    _bias_plus_rows(pre, c, W, v_idx, n_v_on)
+    for j in range(pre.shape[0]):
+        x1[j] = b1 * pre[j]
+        work[j] = _softplus(x1[j]) - _softplus(b0 * pre[j])
+    gap = _ZERO
+    for q in range(n_v_on):
+        i = v_idx[q]
+        gap += b[i] - a[i]
+    return np.float64(_sum(work[:n_h])) + (schedule[k] - schedule[k - 1]) * np.float64(gap)
+
+
+@_inline
+def _tempered_gibbs(x1, b1, a, b, Wt, xv, h_on, v_on, h_idx, v_idx, n_h, rand, counter):
+    """One block Gibbs step at inverse temperature b1 from the v whose hidden
+    pre-activations at b1 are x1. Leaves the new v in v_on, v_idx; returns (keys on, counter)."""
+    n_hp = x1.shape[0]
+    n_v = xv.shape[0]
+    counter = _uniforms(rand, n_hp + n_v, counter)
+    n_h_on = _sample(x1, rand[:n_hp], h_on, h_idx, n_h)
+    for i in range(n_v):
+        xv[i] = _ZERO
+    _add_rows(xv, Wt, h_idx, n_h_on)
+    for i in range(n_v):
+        xv[i] = (_ONE - b1) * a[i] + b1 * (b[i] + xv[i])
+    return _sample(xv, rand[n_hp : n_hp + n_v], v_on, v_idx, n_v), counter
+
+
 @_parallel
-def _ais(W, Wt, base, bv, bh, schedule, chains, seed, blocks, log_w):
-    """log_w[f, c] = the log-weight of AIS run c of frame f, on the path of
+def _ais(W, Wt, base, bv, bh, schedule, chains, seed, blocks, start, log_w):
+    """log_w[f, c] = the log-weight of annealing run c of frame f, on the path of
     evaluate.ais_log_partition: with the hidden units summed out,
 
-        f_b(v) = (1 - b) v.base + b v.bv + sum_j softplus(b (v W + bh)_j),
+        f_b(v) = (1 - b) v.base + b v.bv + sum_j softplus(b (v W + bh)_j).
 
-    the run starts from v ~ Bernoulli(sigmoid(base[f])) and, for each step from beta
-    schedule[k-1] to schedule[k], adds f_k(v) - f_{k-1}(v), then takes one block Gibbs step
-    at schedule[k] (none after the last). Runs are independent: frames in parallel, each run
-    its own random stream (f * chains + c), so results do not depend on the thread count.
+    Forward AIS (start has no rows): the run starts from v ~ Bernoulli(sigmoid(base[f])) and,
+    for k = 1 ... K, adds f_k(v) - f_{k-1}(v), then takes one block Gibbs step at
+    schedule[k] (none after the last). Reverse (RAISE, start (N, n_v) the observed frames):
+    the run starts at start[f] and, for k = K ... 1, takes one Gibbs step at schedule[k],
+    then adds f_k(v) - f_{k-1}(v) at the new v (model.raise_log_weights).
+    Runs are independent: frames in parallel, each run its own random stream
+    (f * chains + c), so results do not depend on the thread count.
     W and bh have their hidden axis padded (_pad_hidden); Wt = W^T is not. schedule is
     float64; log_w is float64 (N, chains).
     """
@@ -743,6 +779,7 @@ def _ais(W, Wt, base, bv, bh, schedule, chains, seed, blocks, log_w):
     n_hp = W.shape[1]
     n_h = Wt.shape[0]
     K = schedule.shape[0] - 1
+    reverse = start.shape[0] > 0
     for block in prange(blocks):
         pre = np.empty(n_hp, np.float32)
         x1 = np.empty(n_hp, np.float32)
@@ -758,32 +795,29 @@ def _ais(W, Wt, base, bv, bh, schedule, chains, seed, blocks, log_w):
             a, b, c = base[f], bv[f], bh[f]
             for run in range(chains):
                 counter = _stream_start(seed, f * chains + run)
-                counter = _uniforms(rand, n_v, counter)
-                n_v_on = _sample(a, rand[:n_v], v_on, v_idx, n_v)
                 lw = 0.0
-                for k in range(1, K + 1):
-                    b0 = _f32(schedule[k - 1])
-                    b1 = _f32(schedule[k])
-                    _bias_plus_rows(pre, c, W, v_idx, n_v_on)  # v W + bh(t); padding stays 0
+                if reverse:
+                    n_v_on = _active(start[f], v_idx)
+                    b1 = _f32(schedule[K])
+                    _bias_plus_rows(pre, c, W, v_idx, n_v_on)
                     for j in range(n_hp):
                         x1[j] = b1 * pre[j]
-                        work[j] = _softplus(x1[j]) - _softplus(b0 * pre[j])
-                    step = np.float64(_sum(work[:n_h]))
-                    gap = _ZERO
-                    for q in range(n_v_on):
-                        i = v_idx[q]
-                        gap += b[i] - a[i]
-                    lw += step + (schedule[k] - schedule[k - 1]) * np.float64(gap)
-                    if k == K:
-                        break
-                    counter = _uniforms(rand, n_hp + n_v, counter)
-                    n_h_on = _sample(x1, rand[:n_hp], h_on, h_idx, n_h)
-                    for i in range(n_v):
-                        xv[i] = _ZERO
-                    _add_rows(xv, Wt, h_idx, n_h_on)
-                    for i in range(n_v):
-                        xv[i] = (_ONE - b1) * a[i] + b1 * (b[i] + xv[i])
-                    n_v_on = _sample(xv, rand[n_hp : n_hp + n_v], v_on, v_idx, n_v)
+                    for k in range(K, 0, -1):
+                        b1 = _f32(schedule[k])
+                        n_v_on, counter = _tempered_gibbs(x1, b1, a, b, Wt, xv, h_on, v_on, h_idx, v_idx, n_h, rand, counter)
+                        lw += _ais_increment(pre, x1, work, c, W, a, b, v_idx, n_v_on, n_h, schedule, k)
+                        if k > 1:
+                            b0 = _f32(schedule[k - 1])
+                            for j in range(n_hp):
+                                x1[j] = b0 * pre[j]
+                else:
+                    counter = _uniforms(rand, n_v, counter)
+                    n_v_on = _sample(a, rand[:n_v], v_on, v_idx, n_v)
+                    for k in range(1, K + 1):
+                        b1 = _f32(schedule[k])
+                        lw += _ais_increment(pre, x1, work, c, W, a, b, v_idx, n_v_on, n_h, schedule, k)
+                        if k < K:
+                            n_v_on, counter = _tempered_gibbs(x1, b1, a, b, Wt, xv, h_on, v_on, h_idx, v_idx, n_h, rand, counter)
                 log_w[f, run] = lw
 
 
@@ -838,4 +872,4 @@ rnn_serial = _rnn_serial
 generate_rows = _generate
 gibbs_rows = _gibbs_rows
 pad_hidden = _pad_hidden
-NO_SAMPLES = np.zeros((0, 1), np.float32)  # "no negative samples given" for cd
+NO_SAMPLES = np.zeros((0, 1), np.float32)  # "no negative samples given" for cd, "no start frames" for ais

@@ -82,6 +82,9 @@ class Sampler(Protocol):
     def ais_log_weights(self, W: Tensor, base: Tensor, bv: Tensor, bh: Tensor, schedule: Tensor, chains: int,
                         generator: torch.Generator | None) -> Tensor: ...
 
+    def raise_log_weights(self, W: Tensor, base: Tensor, bv: Tensor, bh: Tensor, schedule: Tensor, chains: int,
+                          v: Tensor, generator: torch.Generator | None) -> Tensor: ...
+
 
 # -- choosing ------------------------------------------------------------------------------
 
@@ -252,6 +255,9 @@ class TorchSampler(_ModelSampler):
     def ais_log_weights(self, W, base, bv, bh, schedule, chains, generator=None) -> Tensor:
         return rbm.ais_log_weights(W, base, bv, bh, schedule, chains, generator)
 
+    def raise_log_weights(self, W, base, bv, bh, schedule, chains, v, generator=None) -> Tensor:
+        return rbm.raise_log_weights(W, base, bv, bh, schedule, chains, v, generator)
+
 
 # -- numba: the compiled CPU kernels ---------------------------------------------------------
 
@@ -414,15 +420,23 @@ class NumbaSampler:
         """:func:`rnnrbm_cli.model.ais_log_weights` by the kernels: the same path, a random
         stream per run (so the thread count changes nothing), frames in parallel.
         Returns (n, chains) float64."""
+        return self._annealing(W, base, bv, bh, schedule, chains, None, generator)
+
+    def raise_log_weights(self, W, base, bv, bh, schedule, chains, v, generator=None) -> Tensor:
+        """:func:`rnnrbm_cli.model.raise_log_weights` by the kernels, as ais_log_weights."""
+        return self._annealing(W, base, bv, bh, schedule, chains, v, generator)
+
+    def _annealing(self, W, base, bv, bh, schedule, chains, v, generator) -> Tensor:
         kernels = _kernels()
         W_np = np.ascontiguousarray(W.detach().cpu().numpy(), np.float32)
         arrays = [np.ascontiguousarray(x.detach().cpu().numpy(), np.float32) for x in (base, bv, bh)]
+        start = kernels.NO_SAMPLES if v is None else np.ascontiguousarray(v.detach().cpu().numpy(), np.float32)
         n = arrays[0].shape[0]
         log_w = np.empty((n, chains), np.float64)
         blocks = max(1, min(n, 4 * kernels.numba.get_num_threads()))
         kernels.ais(
             kernels.pad_hidden(W_np), np.ascontiguousarray(W_np.T), arrays[0], arrays[1], kernels.pad_hidden(arrays[2]),
-            np.ascontiguousarray(schedule.cpu().numpy(), np.float64), chains, _seed(generator), blocks, log_w,
+            np.ascontiguousarray(schedule.cpu().numpy(), np.float64), chains, _seed(generator), blocks, start, log_w,
         )
         return torch.from_numpy(log_w)
 

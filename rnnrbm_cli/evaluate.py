@@ -49,6 +49,9 @@ DEFAULT_SAMPLES = 20
 # Gibbs steps per chain (the issue's default); see the README for the mixing bias measured.
 DEFAULT_GIBBS = 50
 
+# How log Z is found: "auto" is exact when n_hidden <= EXACT_MAX_HIDDEN, else "ais".
+METHODS = ("auto", "exact", "ais", "raise")
+
 # Keeps the AIS base's note probabilities off 0 and 1 (measured: 1e-3 to 1e-2 are alike).
 BASE_FLOOR = 1e-3
 
@@ -216,6 +219,7 @@ def ais_log_partition(
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
     sampler: Sampler | None = None,
+    observed: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Estimate log Z of N RBMs sharing W by annealed importance sampling.
 
@@ -230,9 +234,16 @@ def ais_log_partition(
     ``betas`` is the number of steps n (schedule :func:`beta_schedule`) or an explicit
     increasing float tensor from 0 to 1.
 
-    Returns (log_z, var) each (N,): the estimate log Z_0 + log mean_c exp(log w_c), and the
-    delta-method variance of that estimate, var(w) / (chains mean(w)^2). ``sampler`` runs
-    the chains (``engines.sampler_for``; default the torch reference, model.ais_log_weights).
+    With ``observed`` (N, n_visible), the frames themselves, the runs go the other way
+    (RAISE, ``model.raise_log_weights``): the log Z returned is then the one that makes
+    ``-F(v) - log Z`` the log of an unbiased estimate of v's probability under the
+    annealing model, so the log-likelihoods it gives err low where forward AIS errs high;
+    the two bracket the truth, and meet when the annealing is long enough.
+
+    Returns (log_z, var) each (N,): the estimate log Z_0 + log mean_c exp(log w_c)
+    (forward) or log Z_0 - log mean_c exp(-log w_c) (reverse), and the delta-method variance
+    of that estimate. ``sampler`` runs the chains (``engines.sampler_for``; default the
+    torch reference).
     """
     n_v, n_h = W.shape
     N = bv.shape[0]
@@ -243,18 +254,24 @@ def ais_log_partition(
     if base is None:
         base = bv
     schedule_t = torch.tensor(schedule, dtype=torch.float64)
-    weights = (sampler or TorchSampler(None)).ais_log_weights
+    sampler = sampler or TorchSampler(None)
     log_z = torch.empty(N, device=device, dtype=dtype)
     var = torch.empty(N, device=device, dtype=dtype)
     nb = max(1, _rows_budget(device) // chains)
     for start in range(0, N, nb):
         stop = min(start + nb, N)
-        log_w = weights(W, base[start:stop], bv[start:stop], bh[start:stop], schedule_t, chains, generator)
+        rows = slice(start, stop)
+        if observed is None:
+            log_w = sampler.ais_log_weights(W, base[rows], bv[rows], bh[rows], schedule_t, chains, generator)
+        else:  # the log of each run's estimate of 1 / Z, up to Z_0
+            log_w = -sampler.raise_log_weights(W, base[rows], bv[rows], bh[rows], schedule_t, chains, observed[rows],
+                                               generator)
         log_mean_w = torch.logsumexp(log_w, dim=1) - math.log(chains)
-        log_z[start:stop] = F.softplus(base[start:stop]).sum(-1) + n_h * math.log(2.0) + log_mean_w
+        sign = 1.0 if observed is None else -1.0
+        log_z[rows] = F.softplus(base[rows]).sum(-1) + n_h * math.log(2.0) + sign * log_mean_w
         # Relative variance of the weights over chains, divided by chains: var of log Z-hat.
         r = torch.exp(log_w - log_w.max(dim=1, keepdim=True).values)
-        var[start:stop] = ((r * r).mean(1) / r.mean(1) ** 2 - 1.0) / chains
+        var[rows] = ((r * r).mean(1) / r.mean(1) ** 2 - 1.0) / chains
         if progress is not None:
             progress(stop - start)
     return log_z, var
@@ -294,13 +311,14 @@ def frame_log_likelihoods(
 ) -> tuple[Tensor, Tensor | None, str]:
     """log P(v_t | history) of every frame.
 
-    ``method``: "exact", "ais", or "auto" (exact when n_hidden <= EXACT_MAX_HIDDEN).
-    AIS starts from a factorial base matching each frame's note probabilities, estimated
+    ``method``: "exact", "ais", "raise" (reverse annealing from the frame itself: a
+    conservative estimate, see :func:`ais_log_partition`), or "auto" (exact when
+    n_hidden <= EXACT_MAX_HIDDEN, else "ais"). AIS starts from a factorial base matching each frame's note probabilities, estimated
     by :func:`note_marginals` with ``samples`` chains of ``gibbs`` steps. Returns the per-frame log-likelihoods (N,) in nats, the AIS variance of each (None
     when exact), and the method used.
     """
-    if method not in ("auto", "exact", "ais"):
-        raise ValueError(f"method must be auto, exact or ais, not {method!r}.")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
     hooks = _EXACT_MODELS.get(model.config.model_type)
     if hooks is not None:  # a model with a tractable likelihood
         return hooks[0](model, frames, _stage(progress, "exact log-likelihood", len(frames))), None, "exact"
@@ -317,9 +335,10 @@ def frame_log_likelihoods(
                                progress=_stage(progress, "AIS base", len(frames)), sampler=sampler)
     log_z, var = ais_log_partition(
         W, frames.bv, frames.bh, chains=chains, betas=betas, base=ais_base(marginals),
-        generator=generator, progress=_stage(progress, "AIS log Z", len(frames)), sampler=sampler,
+        generator=generator, progress=_stage(progress, f"{method.upper()} log Z", len(frames)), sampler=sampler,
+        observed=frames.v if method == "raise" else None,
     )
-    return neg_f - log_z, var, "ais"
+    return neg_f - log_z, var, method
 
 
 def summarise_ll(ll: Tensor, var: Tensor | None, method: str) -> LLResult:
@@ -343,6 +362,7 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
     backend: str = "auto",
+    method: str = "auto",
 ) -> LLResult:
     """Average log-likelihood per frame of ``sequences`` (each (T, n_visible) 0/1), in nats.
 
@@ -350,11 +370,12 @@ def log_likelihood(
     steps per frame (base from ``samples`` x ``gibbs``, see :func:`frame_log_likelihoods`).
     ``max_frames`` evaluates a random subset of frames drawn with ``generator`` (which
     also drives the sampling; it must live on the model's device). ``backend`` runs the
-    base's Gibbs chains (``engines``).
+    base's Gibbs chains (``engines``); ``method`` as in :func:`frame_log_likelihoods`.
     """
     frames = conditional_frames(model, sequences, max_frames=max_frames, generator=generator)
-    ll, var, method = frame_log_likelihoods(model, frames, chains=chains, betas=betas, samples=samples, gibbs=gibbs,
-                                            generator=generator, progress=progress, sampler=sampler_for(model, backend))
+    ll, var, method = frame_log_likelihoods(model, frames, chains=chains, betas=betas, method=method, samples=samples,
+                                            gibbs=gibbs, generator=generator, progress=progress,
+                                            sampler=sampler_for(model, backend))
     return summarise_ll(ll, var, method)
 
 

@@ -129,6 +129,26 @@ def log_partition_exact(W: Tensor, bv: Tensor, bh: Tensor) -> Tensor:
     return torch.logsumexp(terms, dim=-1)
 
 
+def _ais_increment(v: Tensor, W: Tensor, c: Tensor, d: Tensor, b0: float, b1: float) -> tuple[Tensor, Tensor]:
+    """f_b1(v) - f_b0(v) for states v (n, chains, n_v) on the AIS path (see
+    :func:`ais_log_weights`), and x1 = b1 (v W + bh), the hidden pre-activations at b1."""
+    n, chains, n_v = v.shape
+    x1 = (v.reshape(-1, n_v) @ W).view(n, chains, -1).add_(c).mul_(b1)  # b1 (v W + bh(t))
+    # elementwise first: the two softplus sums are large and close.
+    step = (F.softplus(x1) - F.softplus(x1 * (b0 / b1))).sum(-1)
+    return step.add_((b1 - b0) * (v @ d).squeeze(-1)), x1
+
+
+def _tempered_gibbs(x1: Tensor, W: Tensor, a: Tensor, b: Tensor, b1: float, generator) -> Tensor:
+    """One block Gibbs step at inverse temperature b1 from the state whose hidden
+    pre-activations at b1 are x1: h ~ p_b1(h | v), then v ~ p_b1(v | h)."""
+    n, chains, n_h = x1.shape
+    # (torch.bernoulli draws and compares in one pass: faster than rand + compare.)
+    h = torch.bernoulli(torch.sigmoid(x1), generator=generator)
+    x = (h.view(-1, n_h) @ (b1 * W.t())).view(n, chains, -1).add_((1.0 - b1) * a + b1 * b)
+    return torch.bernoulli(x.sigmoid_(), generator=generator)
+
+
 @torch.no_grad()
 def ais_log_weights(
     W: Tensor, base: Tensor, bv: Tensor, bh: Tensor, schedule: Tensor, chains: int,
@@ -142,7 +162,7 @@ def ais_log_weights(
     v ~ Bernoulli(sigmoid(base)), adds f_k(v) - f_(k-1)(v) at each step and takes one block
     Gibbs step at beta_k (none after the last). Returns (n, chains) in W's dtype.
     """
-    n_v, n_h = W.shape
+    n_v = W.shape[0]
     n = bv.shape[0]
     steps = schedule.tolist()
     a, b, c = base.unsqueeze(1), bv.unsqueeze(1), bh.unsqueeze(1)  # (n, 1, .)
@@ -151,20 +171,44 @@ def ais_log_weights(
     log_w = torch.zeros((n, chains), device=W.device, dtype=W.dtype)
     last = len(steps) - 1
     for k in range(1, last + 1):
-        b0, b1 = steps[k - 1], steps[k]
-        pre = (v.view(-1, n_v) @ W).view(n, chains, n_h).add_(c)  # v W + bh(t)
-        # f_b1(v) - f_b0(v), elementwise first: the two softplus sums are large and close.
-        x1 = pre.mul_(b1)
-        step = F.softplus(x1) - F.softplus(x1 * (b0 / b1))
-        log_w += step.sum(-1)
-        log_w += (b1 - b0) * (v @ d).squeeze(-1)
-        if k == last:
-            break
-        # One Gibbs step at b1: h ~ p_b1(h | v), then v ~ p_b1(v | h).
-        # (torch.bernoulli draws and compares in one pass: faster than rand + compare.)
-        h = torch.bernoulli(x1.sigmoid_(), generator=generator)
-        x = (h.view(-1, n_h) @ (b1 * W.t())).view(n, chains, n_v).add_((1.0 - b1) * a + b1 * b)
-        v = torch.bernoulli(x.sigmoid_(), generator=generator)
+        step, x1 = _ais_increment(v, W, c, d, steps[k - 1], steps[k])
+        log_w += step
+        if k < last:
+            v = _tempered_gibbs(x1, W, a, b, steps[k], generator)
+    return log_w
+
+
+@torch.no_grad()
+def raise_log_weights(
+    W: Tensor, base: Tensor, bv: Tensor, bh: Tensor, schedule: Tensor, chains: int, v: Tensor,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Log-weights of ``chains`` reverse annealing runs (RAISE, Burda, Grosse &
+    Salakhutdinov 2015) from the observed frames ``v`` (n, n_visible), on the path of
+    :func:`ais_log_weights`.
+
+    A run starts at v and, for k = K ... 1, takes one block Gibbs step at beta_k and adds
+    f_k(y) - f_(k-1)(y) at the new state y. With w_c = those sums,
+    p-hat(v) = exp(-F(v) - log Z_0 - w_c) is an unbiased estimate of the probability of v
+    under the annealing model (a base sample carried through the Gibbs steps at beta_1 ...
+    beta_K), so its log is a stochastic lower bound there: unlike forward AIS, whose
+    failures make LL look better, RAISE's make it look worse. Returns (n, chains).
+    """
+    n_v = W.shape[0]
+    n = bv.shape[0]
+    steps = schedule.tolist()
+    a, b, c = base.unsqueeze(1), bv.unsqueeze(1), bh.unsqueeze(1)
+    d = (bv - base).unsqueeze(-1)
+    y = v.unsqueeze(1).expand(n, chains, n_v).to(W.dtype)
+    K = len(steps) - 1
+    x1 = (y.reshape(-1, n_v) @ W).view(n, chains, -1).add_(c).mul_(steps[K])
+    log_w = torch.zeros((n, chains), device=W.device, dtype=W.dtype)
+    for k in range(K, 0, -1):
+        y = _tempered_gibbs(x1, W, a, b, steps[k], generator)
+        step, x1 = _ais_increment(y, W, c, d, steps[k - 1], steps[k])
+        log_w += step
+        if k > 1:
+            x1.mul_(steps[k - 1] / steps[k])  # the next Gibbs step is at beta_(k-1)
     return log_w
 
 

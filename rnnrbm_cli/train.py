@@ -502,7 +502,7 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(self.settings.run.seed + 3)
         t0 = time.perf_counter()
         res = log_likelihood(
-            self.model, self.valid_sequences, chains=e.eval_chains, betas=e.eval_betas,
+            self.model, self.valid_sequences, chains=e.eval_chains, betas=e.eval_betas, method=e.eval_method,
             # an exact likelihood is cheap: all validation frames then
             max_frames=None if exact_likelihood(self.model) else e.eval_frames, generator=gen,
             backend=self.settings.run.backend,

@@ -48,9 +48,10 @@ def test_a_bad_value_is_a_usage_error(args):
 
 
 def test_the_cli_spells_the_library_values_exactly():
-    from rnnrbm_cli import engines, evaluate, registry
+    from rnnrbm_cli import config, engines, evaluate, registry
 
     assert cli_module._BACKENDS == engines.BACKENDS
+    assert cli_module._EVAL_METHODS == config.EVAL_METHODS
     assert cli_module._FORMS == registry.FORMS
     assert cli_module._EVAL_DEFAULTS == {
         "chains": evaluate.DEFAULT_CHAINS, "betas": evaluate.DEFAULT_BETAS,
