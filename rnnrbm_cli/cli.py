@@ -83,7 +83,8 @@ _MAX_FRAMES = 100_000  # pianoroll.MAX_FRAMES
 _MAX_MEMBER_MB = 2  # pianoroll.MAX_MIDI_BYTES in MiB
 _EVAL_DEFAULTS = {"chains": 100, "betas": 1000, "samples": 20, "gibbs": 50}  # evaluate.DEFAULT_*
 _BACKENDS = ("auto", "torch", "numba")  # engines.BACKENDS
-_EVAL_METHODS = ("ais", "raise")  # config.EVAL_METHODS
+_EVAL_METHODS = ("ais", "raise")  # config.EVAL_METHODS (validation during training)
+_LL_METHODS = ("auto", "exact", "ais", "raise", "both")  # (*evaluate.METHODS, "both")
 _backend_option = click.option(
     "--backend", type=click.Choice(_BACKENDS), default="auto", show_default=True,
     help="Who samples: auto (the compiled CPU kernels on CPU, torch on CUDA), torch or numba.",

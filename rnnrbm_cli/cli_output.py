@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from rnnrbm_cli.cli import (
-    _EVAL_DEFAULTS, _backend_option, _cache_dir_option, cli,
+    _EVAL_DEFAULTS, _LL_METHODS, _backend_option, _cache_dir_option, cli,
     err_console, fail, out_console, print_json,
 )
 
@@ -196,6 +196,10 @@ def _duration(seconds: float) -> str:
               help="Gibbs chains per frame for its note probabilities (used by ACC and the AIS base).")
 @click.option("--gibbs", type=click.IntRange(min=1), default=_EVAL_DEFAULTS["gibbs"], show_default=True,
               help="Gibbs steps per chain (for ACC, chains start from the previous true frame).")
+@click.option("--method", type=click.Choice(_LL_METHODS), default="auto", show_default=True,
+              help="log Z by: auto (exact when n_hidden <= 20, else ais), exact, ais (forward annealing: errs high "
+                   "when --betas is too few), raise (reverse annealing from the frames: errs low), or both (ais and "
+                   "raise on the same frames: they bracket the truth).")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Evaluate a seeded random subset of this many frames (a quick estimate).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the frame subset, AIS and Gibbs sampling.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -203,13 +207,14 @@ def _duration(seconds: float) -> str:
 @click.option("--mirror", default=None, help="Folder or URL base tried before the registry URLs [$RNNRBM_MIRROR].")
 @_cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def evaluate_cmd(checkpoint, data, split, chains, betas, samples, gibbs, max_frames, seed, device, backend, mirror,
-                 cache_dir, as_json):
+def evaluate_cmd(checkpoint, data, split, chains, betas, samples, gibbs, method, max_frames, seed, device, backend,
+                 mirror, cache_dir, as_json):
     """The paper's LL (nats per frame) and ACC (%) of a checkpoint on a data split.
 
     Every frame is predicted from its true history and weighted equally, the first
     frame included. log Z of each frame's RBM is exact when n_hidden <= 20, else
-    estimated by annealed importance sampling with --chains runs of --betas steps.
+    estimated by annealed importance sampling with --chains runs of --betas steps;
+    --method both adds the reverse (RAISE) estimate, so that the two bracket the truth.
 
     \b
     Example:
@@ -223,7 +228,7 @@ def evaluate_cmd(checkpoint, data, split, chains, betas, samples, gibbs, max_fra
         result = evaluate_checkpoint(
             checkpoint, data=data, split=split, chains=chains, betas=betas, samples=samples, gibbs=gibbs,
             max_frames=max_frames, seed=seed, device=device, backend=backend, cache_dir=cache_dir, mirror=mirror,
-            progress=progress, on_message=lambda text: err_console.print(escape(text), soft_wrap=True),
+            progress=progress, method=method, on_message=lambda text: err_console.print(escape(text), soft_wrap=True),
         )
     except Exception as e:
         if not out_of_memory(e):
@@ -243,10 +248,14 @@ def _print_evaluation(r: dict) -> None:
     table = Table(title=f"{escape(r['checkpoint'])} on {r['split']}", title_justify="left")
     table.add_column("measure")
     table.add_column("value", justify="right", overflow="fold")
-    table.add_row("LL (nats per frame)", f"{r['log_likelihood']:.3f} ± {r['log_likelihood_stderr']:.3f}")
+    name = {"raise": "LL (nats per frame, RAISE)", "ais+raise": "LL (nats per frame, AIS)"}.get(r["method"], "LL (nats per frame)")
+    table.add_row(name, f"{r['log_likelihood']:.3f} ± {r['log_likelihood_stderr']:.3f}")
+    if "raise_log_likelihood" in r:
+        table.add_row("LL (RAISE, conservative)", f"{r['raise_log_likelihood']:.3f} ± {r['raise_log_likelihood_stderr']:.3f}")
     table.add_row("ACC (%)", f"{r['frame_accuracy']:.2f}")
     table.add_row("frames", f"{r['frames']:,}")
-    method = "exact, by enumeration" if r["method"] == "exact" else f"AIS, {r['chains']} chains x {r['betas']} betas"
+    annealing = {"ais": "AIS", "raise": "RAISE", "ais+raise": "AIS and RAISE"}
+    method = "exact, by enumeration" if r["method"] == "exact" else f"{annealing[r['method']]}, {r['chains']} chains x {r['betas']} betas"
     table.add_row("log Z", method)
     table.add_row("ACC from", f"{r['samples']} samples x {r['gibbs']} Gibbs steps")
     table.add_row("data", escape(r["data"]))

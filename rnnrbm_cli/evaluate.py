@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rnnrbm_cli.engines import Sampler, TorchSampler, sampler_for
-from rnnrbm_cli.errors import RnnrbmError
-from rnnrbm_cli.model import RNNRBM, free_energy, log_partition_exact
+from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
+from rnnrbm_cli.model import EXACT_LIMIT, RNNRBM, free_energy, log_partition_exact
 
 # Exact log Z enumerates 2**n_hidden states per frame: at n_hidden = 20 that is still
 # cheaper than 100 AIS chains x 1000 betas, and it has no error at all.
@@ -504,41 +504,58 @@ def evaluate(
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
     backend: str = "auto",
+    method: str = "auto",
 ) -> dict:
     """LL and ACC on the same frames; returns a plain dict (JSON-ready).
 
-    ``backend`` runs the Gibbs chains of the note probabilities (``engines``); AIS runs
-    on torch. Keys: log_likelihood, log_likelihood_stderr, frame_accuracy (%), frames,
-    method, chains and betas (None when exact), ais_stderr, samples, gibbs, backend, seconds.
+    ``backend`` runs the Gibbs chains and the annealing (``engines``). ``method`` as in
+    :func:`frame_log_likelihoods`, or "both": forward AIS for log_likelihood and, on the same
+    frames, RAISE's conservative estimate as raise_log_likelihood (with its _stderr and
+    raise_stderr, the annealing's part). Keys: log_likelihood, log_likelihood_stderr,
+    frame_accuracy (%), frames, method, chains and betas (None when exact), ais_stderr,
+    samples, gibbs, backend, seconds.
     """
+    if method not in (*METHODS, "both"):
+        raise ValueError(f"method must be one of {', '.join(METHODS)} or both, not {method!r}.")
     sampler = sampler_for(model, backend)
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
     try:
         frames = conditional_frames(model, sequences, max_frames=max_frames, generator=generator)
-        ll, var, method = frame_log_likelihoods(model, frames, chains=chains, betas=betas, samples=samples,
-                                                gibbs=gibbs, generator=generator, progress=progress, sampler=sampler)
+        first = "ais" if method == "both" else method
+        ll, var, used = frame_log_likelihoods(model, frames, chains=chains, betas=betas, method=first, samples=samples,
+                                              gibbs=gibbs, generator=generator, progress=progress, sampler=sampler)
+        lower = None
+        if method == "both" and used == "ais":
+            lower = summarise_ll(*frame_log_likelihoods(model, frames, chains=chains, betas=betas, method="raise",
+                                                        samples=samples, gibbs=gibbs, generator=generator,
+                                                        progress=progress, sampler=sampler))
         p = frame_marginals(model, frames, samples=samples, gibbs=gibbs, generator=generator, progress=progress,
                             sampler=sampler)
     finally:
         model.train(was_training)
-    res = summarise_ll(ll, var, method)
-    return {
+    res = summarise_ll(ll, var, used)
+    annealed = used in ("ais", "raise")
+    out = {
         "log_likelihood": res.mean,
         "log_likelihood_stderr": res.stderr,
         "frame_accuracy": accuracy_from_marginals(frames.v, p),
         "frames": res.frames,
-        "method": method,
-        "chains": chains if method == "ais" else None,
-        "betas": betas if method == "ais" else None,
+        "method": used if lower is None else "ais+raise",
+        "chains": chains if annealed else None,
+        "betas": betas if annealed else None,
         "ais_stderr": res.ais_stderr,
         "samples": samples,
-        "gibbs": gibbs if method == "ais" or model.config.model_type == "rnn-rbm" else None,
+        "gibbs": gibbs if annealed or model.config.model_type == "rnn-rbm" else None,
         "model_type": model.config.model_type,
         "backend": sampler.backend,
-        "seconds": time.perf_counter() - t0,
     }
+    if lower is not None:
+        out.update(raise_log_likelihood=lower.mean, raise_log_likelihood_stderr=lower.stderr,
+                   raise_stderr=lower.ais_stderr)
+    out["seconds"] = time.perf_counter() - t0
+    return out
 
 
 # --- models with an exact likelihood (RNN-NADE) --------------------------------------------
@@ -606,6 +623,7 @@ def evaluate_checkpoint(
     mirror: str | os.PathLike | None = None,
     progress: Progress | None = None,
     on_message: Callable[[str], None] | None = None,
+    method: str = "auto",
 ) -> dict:
     """:func:`evaluate` of the model in ``checkpoint`` on a split of ``data`` (default: the
     data it was trained on, see ``datasets.checkpoint_data``); what ``rnnrbm evaluate`` prints.
@@ -618,6 +636,9 @@ def evaluate_checkpoint(
 
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     model, payload = load_model(checkpoint, dev)
+    if method == "exact" and not exact_likelihood(model) and model.config.n_hidden > EXACT_LIMIT:
+        raise RnnrbmUsageError(f"method exact enumerates 2**n_hidden states, and this model has n_hidden = "
+                               f"{model.config.n_hidden} (at most {EXACT_LIMIT}); use ais, raise or both.")
     path = checkpoint_data(payload, data, cache_dir=cache_dir, mirror=mirror)
     sequences = load_prepared(path).splits.get(split) or []
     if not any(len(s) for s in sequences):
@@ -633,6 +654,6 @@ def evaluate_checkpoint(
         on_message(message)
     generator = torch.Generator(device=dev).manual_seed(seed)
     result = evaluate(model, sequences, chains=chains, betas=betas, samples=samples, gibbs=gibbs,
-                      max_frames=max_frames, generator=generator, progress=progress, backend=backend)
+                      max_frames=max_frames, generator=generator, progress=progress, backend=backend, method=method)
     result.update(split=split, checkpoint=str(checkpoint), data=str(path), seed=seed, device=str(dev))
     return result

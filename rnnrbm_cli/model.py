@@ -113,6 +113,10 @@ def gibbs_chain(
     return v
 
 
+# The most hidden units whose 2**n_hidden states are ever enumerated.
+EXACT_LIMIT = 24
+
+
 def log_partition_exact(W: Tensor, bv: Tensor, bh: Tensor) -> Tensor:
     """log Z of an RBM by enumerating every hidden state: feasible for n_hidden <= ~20.
 
@@ -120,7 +124,7 @@ def log_partition_exact(W: Tensor, bv: Tensor, bh: Tensor) -> Tensor:
     W : (n_visible, n_hidden); bv : (..., n_visible); bh : (..., n_hidden). Returns (...).
     """
     n_h = W.shape[1]
-    if n_h > 24:
+    if n_h > EXACT_LIMIT:
         raise ValueError(f"exact log Z enumerates 2**n_hidden states; n_hidden={n_h} is too many")
     codes = torch.arange(2**n_h, device=W.device)
     hs = ((codes[:, None] >> torch.arange(n_h, device=W.device)) & 1).to(W.dtype)  # (2^n_h, n_h)

@@ -38,6 +38,8 @@ def test_an_unknown_flag_is_a_usage_error(command):
         ["sample", "x.pt", "y.mid", "--backend", "jax"],
         ["evaluate", "x.pt", "--backend", "jax"],
         ["evaluate", "x.pt", "--split", "dev"],
+        ["evaluate", "x.pt", "--method", "forward"],
+        ["train", "--eval-method", "exact"],
         ["plot", "x.mid", "--width", "3"],
         ["prepare", "nottingham", "--dt", "0"],
     ],
@@ -52,6 +54,7 @@ def test_the_cli_spells_the_library_values_exactly():
 
     assert cli_module._BACKENDS == engines.BACKENDS
     assert cli_module._EVAL_METHODS == config.EVAL_METHODS
+    assert cli_module._LL_METHODS == (*evaluate.METHODS, "both")
     assert cli_module._FORMS == registry.FORMS
     assert cli_module._EVAL_DEFAULTS == {
         "chains": evaluate.DEFAULT_CHAINS, "betas": evaluate.DEFAULT_BETAS,

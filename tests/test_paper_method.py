@@ -172,10 +172,24 @@ def test_settings_of_the_method_are_checked():
     from rnnrbm_cli.errors import RnnrbmUsageError
 
     for bad in ({"lr_schedule": "cosine"}, {"lr_decay": 0}, {"lr_rbm": -1.0}, {"clip_grad": -1.0},
-                {"pretrain_rnn_epochs": -1}, {"lr_rnn": "fast"}):
+                {"pretrain_rnn_epochs": -1}, {"lr_rnn": "fast"}, {"eval_method": "exact"}):
         with pytest.raises(RnnrbmUsageError):
             resolve_settings(bad)
     assert resolve_settings({"lr_rbm": 1}).optim.lr_rbm == 1.0
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_validation_by_reverse_annealing_errs_below_forward_and_picks_best(toy_npz, tmp_path, backend):
+    # The same model, the same validation frames: RAISE errs low where AIS errs high, so at
+    # very few betas RAISE's estimate is below AIS's.
+    kw = dict(epochs=2, eval_every=1, eval_chains=8, eval_betas=3, eval_frames=40, backend=backend, n_hidden=30)
+    runs = {m: make_trainer(toy_npz, tmp_path / m, eval_method=m, **kw) for m in ("ais", "raise")}
+    for t in runs.values():
+        t.train()
+    lls = {m: [r["valid_ll"] for r in metrics_of(tmp_path / m)] for m in runs}
+    assert all(len(v) == 2 for v in lls.values())
+    assert all(r < a for r, a in zip(lls["raise"], lls["ais"])), lls
+    assert json.loads((tmp_path / "raise" / "config.json").read_text())["eval"]["eval_method"] == "raise"
 
 
 def test_the_tutorials_plain_sgd_on_small_data_says_so(toy_npz, tmp_path):
