@@ -726,15 +726,24 @@ def _gibbs_rows(W, Wt, bv, bh, v, k, seed, blocks, out):
 
 
 @_inline
-def _ais_increment(pre, x1, work, c, W, a, b, v_idx, n_v_on, n_h, schedule, k):
-    """f_k(v) - f_{k-1}(v) (float64) at the binary v whose keys v_idx[:n_v_on] are on; leaves
-    pre = v W + bh and x1 = schedule[k] pre (padding stays 0)."""
-    b0 = _f32(schedule[k - 1])
-    b1 = _f32(schedule[k])
-    _bias_plus_rows(pre, c, W, v_idx, n_v_on)
+def _tempered(x, e, beta, pre):
+    """x = beta pre and e = exp(-|x|): what both softplus(x) and a Bernoulli(sigmoid(x))
+    draw need, so that one exp serves both."""
     for j in range(pre.shape[0]):
-        x1[j] = b1 * pre[j]
-        work[j] = _softplus(x1[j]) - _softplus(b0 * pre[j])
+        x[j] = beta * pre[j]
+        e[j] = _exp(-abs(x[j]))
+
+
+@_inline
+def _ais_increment(pre, x1, e1, x0, e0, work, c, W, a, b, v_idx, n_v_on, n_h, schedule, k):
+    """f_k(v) - f_{k-1}(v) (float64) at the binary v whose keys v_idx[:n_v_on] are on; leaves
+    pre = v W + bh, x1 = schedule[k] pre, x0 = schedule[k-1] pre and e1, e0 = exp(-|x1|),
+    exp(-|x0|) (padding stays 0)."""
+    _bias_plus_rows(pre, c, W, v_idx, n_v_on)
+    _tempered(x1, e1, _f32(schedule[k]), pre)
+    _tempered(x0, e0, _f32(schedule[k - 1]), pre)
+    for j in range(pre.shape[0]):
+        work[j] = (max(x1[j], _ZERO) + _log1p_unit(e1[j])) - (max(x0[j], _ZERO) + _log1p_unit(e0[j]))
     gap = _ZERO
     for q in range(n_v_on):
         i = v_idx[q]
@@ -743,18 +752,22 @@ def _ais_increment(pre, x1, work, c, W, a, b, v_idx, n_v_on, n_h, schedule, k):
 
 
 @_inline
-def _tempered_gibbs(x1, b1, a, b, Wt, xv, h_on, v_on, h_idx, v_idx, n_h, rand, counter):
-    """One block Gibbs step at inverse temperature b1 from the v whose hidden
-    pre-activations at b1 are x1. Leaves the new v in v_on, v_idx; returns (keys on, counter)."""
-    n_hp = x1.shape[0]
+def _tempered_gibbs(x, e, beta, a, b, Wt, xv, h_on, v_on, h_idx, v_idx, n_h, rand, counter):
+    """One block Gibbs step at inverse temperature beta from the v whose hidden
+    pre-activations at beta are x, with e = exp(-|x|) (_tempered). Leaves the new v in
+    v_on, v_idx; returns (keys on, counter)."""
+    n_hp = x.shape[0]
     n_v = xv.shape[0]
     counter = _uniforms(rand, n_hp + n_v, counter)
-    n_h_on = _sample(x1, rand[:n_hp], h_on, h_idx, n_h)
+    # u < sigmoid(x) as u (1 + e) < 1 for x >= 0 and < e for x < 0: no division, no new exp
+    for j in range(n_hp):
+        h_on[j] = rand[j] * (_ONE + e[j]) < (e[j] if x[j] < _ZERO else _ONE)
+    n_h_on = _compact(h_on[:n_h], h_idx)
     for i in range(n_v):
         xv[i] = _ZERO
     _add_rows(xv, Wt, h_idx, n_h_on)
     for i in range(n_v):
-        xv[i] = (_ONE - b1) * a[i] + b1 * (b[i] + xv[i])
+        xv[i] = (_ONE - beta) * a[i] + beta * (b[i] + xv[i])
     return _sample(xv, rand[n_hp : n_hp + n_v], v_on, v_idx, n_v), counter
 
 
@@ -783,6 +796,9 @@ def _ais(W, Wt, base, bv, bh, schedule, chains, seed, blocks, start, log_w):
     for block in prange(blocks):
         pre = np.empty(n_hp, np.float32)
         x1 = np.empty(n_hp, np.float32)
+        e1 = np.empty(n_hp, np.float32)
+        x0 = np.empty(n_hp, np.float32)
+        e0 = np.empty(n_hp, np.float32)
         xv = np.empty(n_v, np.float32)
         work = np.empty(n_hp, np.float32)
         h_on = np.empty(n_hp, np.bool_)
@@ -796,28 +812,22 @@ def _ais(W, Wt, base, bv, bh, schedule, chains, seed, blocks, start, log_w):
             for run in range(chains):
                 counter = _stream_start(seed, f * chains + run)
                 lw = 0.0
-                if reverse:
+                if reverse:  # each Gibbs step is at the lower beta of the increment before it
                     n_v_on = _active(start[f], v_idx)
-                    b1 = _f32(schedule[K])
                     _bias_plus_rows(pre, c, W, v_idx, n_v_on)
-                    for j in range(n_hp):
-                        x1[j] = b1 * pre[j]
+                    _tempered(x0, e0, _f32(schedule[K]), pre)
                     for k in range(K, 0, -1):
-                        b1 = _f32(schedule[k])
-                        n_v_on, counter = _tempered_gibbs(x1, b1, a, b, Wt, xv, h_on, v_on, h_idx, v_idx, n_h, rand, counter)
-                        lw += _ais_increment(pre, x1, work, c, W, a, b, v_idx, n_v_on, n_h, schedule, k)
-                        if k > 1:
-                            b0 = _f32(schedule[k - 1])
-                            for j in range(n_hp):
-                                x1[j] = b0 * pre[j]
+                        n_v_on, counter = _tempered_gibbs(x0, e0, _f32(schedule[k]), a, b, Wt, xv, h_on, v_on, h_idx,
+                                                          v_idx, n_h, rand, counter)
+                        lw += _ais_increment(pre, x1, e1, x0, e0, work, c, W, a, b, v_idx, n_v_on, n_h, schedule, k)
                 else:
                     counter = _uniforms(rand, n_v, counter)
                     n_v_on = _sample(a, rand[:n_v], v_on, v_idx, n_v)
                     for k in range(1, K + 1):
-                        b1 = _f32(schedule[k])
-                        lw += _ais_increment(pre, x1, work, c, W, a, b, v_idx, n_v_on, n_h, schedule, k)
+                        lw += _ais_increment(pre, x1, e1, x0, e0, work, c, W, a, b, v_idx, n_v_on, n_h, schedule, k)
                         if k < K:
-                            n_v_on, counter = _tempered_gibbs(x1, b1, a, b, Wt, xv, h_on, v_on, h_idx, v_idx, n_h, rand, counter)
+                            n_v_on, counter = _tempered_gibbs(x1, e1, _f32(schedule[k]), a, b, Wt, xv, h_on, v_on,
+                                                              h_idx, v_idx, n_h, rand, counter)
                 log_w[f, run] = lw
 
 
