@@ -526,13 +526,13 @@ def evaluate(
         first = "ais" if method == "both" else method
         ll, var, used = frame_log_likelihoods(model, frames, chains=chains, betas=betas, method=first, samples=samples,
                                               gibbs=gibbs, generator=generator, progress=progress, sampler=sampler)
-        lower = None
+        p = frame_marginals(model, frames, samples=samples, gibbs=gibbs, generator=generator, progress=progress,
+                            sampler=sampler)
+        lower = None  # last, so that LL and ACC are the same numbers as method "ais" gives
         if method == "both" and used == "ais":
             lower = summarise_ll(*frame_log_likelihoods(model, frames, chains=chains, betas=betas, method="raise",
                                                         samples=samples, gibbs=gibbs, generator=generator,
                                                         progress=progress, sampler=sampler))
-        p = frame_marginals(model, frames, samples=samples, gibbs=gibbs, generator=generator, progress=progress,
-                            sampler=sampler)
     finally:
         model.train(was_training)
     res = summarise_ll(ll, var, used)

@@ -326,6 +326,9 @@ def test_cli_both_methods_bracket_on_the_same_frames(tmp_path, prepared):
     # a fresh model is nearly uniform, so both are close to the random row, and to each other
     assert out["raise_log_likelihood"] == pytest.approx(out["log_likelihood"], abs=0.05)
     assert out["raise_stderr"] >= 0 and out["raise_log_likelihood_stderr"] > 0
+    forward = json.loads(run(*args, "--json", "--method", "ais").stdout)
+    for key in ("log_likelihood", "log_likelihood_stderr", "frame_accuracy", "ais_stderr"):
+        assert forward[key] == out[key], key  # "both" adds RAISE after the same numbers
     alone = json.loads(run(*args, "--json", "--method", "raise").stdout)
     assert alone["method"] == "raise" and "raise_log_likelihood" not in alone
     table = run(*args, "--method", "both")
