@@ -192,6 +192,17 @@ def test_validation_by_reverse_annealing_errs_below_forward_and_picks_best(toy_n
     assert json.loads((tmp_path / "raise" / "config.json").read_text())["eval"]["eval_method"] == "raise"
 
 
+def test_the_paper_preset_adapts_to_the_data_and_flags_still_win():
+    from rnnrbm_cli.config import merge_settings
+
+    jsb = merge_settings("paper", None, {"data": "jsb-chorales"})
+    notts = merge_settings("paper", None, {"data": "nottingham"})
+    assert (jsb.optim.lr, jsb.optim.epochs, jsb.eval.eval_method) == (0.003, 150, "ais")
+    assert (notts.optim.lr, notts.optim.epochs, notts.eval.eval_method, notts.eval.eval_betas) == (0.0003, 40, "raise", 1000)
+    assert notts.optim.pretrain_rnn_epochs == jsb.optim.pretrain_rnn_epochs == 40  # the same pretraining
+    assert merge_settings("paper", None, {"data": "nottingham", "lr": 0.001}).optim.lr == 0.001
+
+
 def test_the_tutorials_plain_sgd_on_small_data_says_so(toy_npz, tmp_path):
     messages = []
 
