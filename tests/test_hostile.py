@@ -63,13 +63,23 @@ GOOD = midi_bytes((60, 0.0, 0.6), (64, 0.3, 0.9))  # 3 frames at dt = 0.3, 8 at 
 def run_capped(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
     """``rnnrbm ARGS`` in a child process with a capped address space; (result, peak RSS in MB)."""
     peak_file = tmp_path / "peak-rss-kb"
+    # The peak of this process's own memory: VmHWM (ru_maxrss also counts the pytest parent's
+    # resident size at the fork, which grows with the tests run before).
     child = (
         "import resource, sys\n"
         "from rnnrbm_cli.cli import cli\n"
+        "def peak_kb():\n"
+        "    try:\n"
+        "        for line in open('/proc/self/status'):\n"
+        "            if line.startswith('VmHWM:'):\n"
+        "                return int(line.split()[1])\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n"
         "    cli(sys.argv[1:], prog_name='rnnrbm')\n"
         "finally:\n"
-        f"    open({str(peak_file)!r}, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+        f"    open({str(peak_file)!r}, 'w').write(str(peak_kb()))\n"
     )
 
     def cap() -> None:
@@ -80,7 +90,7 @@ def run_capped(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess,
         [sys.executable, "-c", child, *args],
         env=env, preexec_fn=cap, capture_output=True, text=True, timeout=120, check=False,
     )
-    return result, int(peak_file.read_text()) / 1024  # ru_maxrss is in KiB on Linux
+    return result, int(peak_file.read_text()) / 1024  # KiB
 
 
 def zip_of(path: Path, members: dict[str, bytes], big: tuple[str, int] | None = None) -> Path:
