@@ -218,8 +218,7 @@ PAPER_PRESETS: dict[str, dict[str, Any]] = {
         "optimizer": "adam", "lr": 0.001, "lr_schedule": "constant", "epochs": 150, "eval_every": 1, "patience": 10,
     },
 }
-# On top, by (model, dataset): Nottingham has 8x the updates per epoch of JSB chorales, so
-# fewer, larger steps and early stopping keep it within the time budget.
+# On top, by (model, dataset), what a dataset needs beyond the model's recipe.
 PAPER_BY_DATA: dict[tuple[str, str], dict[str, Any]] = {
     # Nottingham has 8.7x JSB's updates per epoch: at JSB's Adam 0.003 its RBMs sharpen until
     # forward AIS fails (a 100-beta validation "LL" of an impossible -0.94 chose best.pt) and
@@ -228,6 +227,8 @@ PAPER_BY_DATA: dict[tuple[str, str], dict[str, Any]] = {
     # annealing errs low, so it cannot reward a model for being hard to anneal.
     ("rnn-rbm", "nottingham"): {"lr": 0.0003, "epochs": 40, "eval_method": "raise", "eval_betas": 1000,
                                 "eval_chains": 25},
+    # Nottingham has 8x the updates per epoch of JSB chorales: fewer, larger steps and early
+    # stopping keep the RNN-NADE within the time budget.
     ("rnn-nade", "nottingham"): {"lr": 0.002, "batch": 4, "epochs": 30, "eval_every": 5, "patience": 10},
 }
 

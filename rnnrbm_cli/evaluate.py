@@ -255,6 +255,7 @@ def ais_log_partition(
         base = bv
     schedule_t = torch.tensor(schedule, dtype=torch.float64)
     sampler = sampler or TorchSampler(None)
+    sign = 1.0 if observed is None else -1.0
     log_z = torch.empty(N, device=device, dtype=dtype)
     var = torch.empty(N, device=device, dtype=dtype)
     nb = max(1, _rows_budget(device) // chains)
@@ -267,7 +268,6 @@ def ais_log_partition(
             log_w = -sampler.raise_log_weights(W, base[rows], bv[rows], bh[rows], schedule_t, chains, observed[rows],
                                                generator)
         log_mean_w = torch.logsumexp(log_w, dim=1) - math.log(chains)
-        sign = 1.0 if observed is None else -1.0
         log_z[rows] = F.softplus(base[rows]).sum(-1) + n_h * math.log(2.0) + sign * log_mean_w
         # Relative variance of the weights over chains, divided by chains: var of log Z-hat.
         r = torch.exp(log_w - log_w.max(dim=1, keepdim=True).values)
@@ -308,14 +308,16 @@ def frame_log_likelihoods(
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
     sampler: Sampler | None = None,
+    base: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, str]:
     """log P(v_t | history) of every frame.
 
     ``method``: "exact", "ais", "raise" (reverse annealing from the frame itself: a
     conservative estimate, see :func:`ais_log_partition`), or "auto" (exact when
-    n_hidden <= EXACT_MAX_HIDDEN, else "ais"). AIS starts from a factorial base matching each frame's note probabilities, estimated
-    by :func:`note_marginals` with ``samples`` chains of ``gibbs`` steps. Returns the per-frame log-likelihoods (N,) in nats, the AIS variance of each (None
-    when exact), and the method used.
+    n_hidden <= EXACT_MAX_HIDDEN, else "ais"). The annealing starts from ``base``, default
+    :func:`annealing_base` with ``samples`` chains of ``gibbs`` steps. Returns the per-frame
+    log-likelihoods (N,) in nats, the annealing's variance of each (None when exact), and
+    the method used.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
@@ -329,16 +331,28 @@ def frame_log_likelihoods(
     if method == "exact":
         log_z = exact_log_partition(W, frames.bv, frames.bh, _stage(progress, "exact log Z", len(frames)))
         return neg_f - log_z, None, "exact"
-    # The base's marginals come from chains started at silence, not at the previous frame
-    # (as for ACC): those are less peaked and covered the target better (measured).
-    marginals = note_marginals(W, frames.bv, frames.bh, samples=samples, gibbs=gibbs, generator=generator,
-                               progress=_stage(progress, "AIS base", len(frames)), sampler=sampler)
+    if base is None:
+        base = annealing_base(model, frames, samples=samples, gibbs=gibbs, generator=generator, progress=progress,
+                              sampler=sampler)
     log_z, var = ais_log_partition(
-        W, frames.bv, frames.bh, chains=chains, betas=betas, base=ais_base(marginals),
+        W, frames.bv, frames.bh, chains=chains, betas=betas, base=base,
         generator=generator, progress=_stage(progress, f"{method.upper()} log Z", len(frames)), sampler=sampler,
         observed=frames.v if method == "raise" else None,
     )
     return neg_f - log_z, var, method
+
+
+def annealing_base(model: RNNRBM, frames: Frames, *, samples: int = DEFAULT_SAMPLES, gibbs: int = DEFAULT_GIBBS,
+                   generator: torch.Generator | None = None, progress: Progress | None = None,
+                   sampler: Sampler | None = None) -> Tensor:
+    """Each frame's factorial AIS / RAISE base (:func:`ais_base`) from its note marginals.
+
+    The marginals come from chains started at silence, not at the previous frame (as for
+    ACC): those are less peaked and covered the target better (measured).
+    """
+    marginals = note_marginals(model.W, frames.bv, frames.bh, samples=samples, gibbs=gibbs, generator=generator,
+                               progress=_stage(progress, "AIS base", len(frames)), sampler=sampler)
+    return ais_base(marginals)
 
 
 def summarise_ll(ll: Tensor, var: Tensor | None, method: str) -> LLResult:
@@ -523,16 +537,21 @@ def evaluate(
     model.eval()
     try:
         frames = conditional_frames(model, sequences, max_frames=max_frames, generator=generator)
-        first = "ais" if method == "both" else method
-        ll, var, used = frame_log_likelihoods(model, frames, chains=chains, betas=betas, method=first, samples=samples,
-                                              gibbs=gibbs, generator=generator, progress=progress, sampler=sampler)
+        both = method == "both" and not exact_likelihood(model)
+        # both: one base for the two directions, drawn where "ais" draws its own
+        base = annealing_base(model, frames, samples=samples, gibbs=gibbs, generator=generator, progress=progress,
+                              sampler=sampler) if both else None
+        ll, var, used = frame_log_likelihoods(model, frames, chains=chains, betas=betas,
+                                              method="ais" if method == "both" else method, samples=samples,
+                                              gibbs=gibbs, generator=generator, progress=progress, sampler=sampler,
+                                              base=base)
         p = frame_marginals(model, frames, samples=samples, gibbs=gibbs, generator=generator, progress=progress,
                             sampler=sampler)
         lower = None  # last, so that LL and ACC are the same numbers as method "ais" gives
-        if method == "both" and used == "ais":
+        if both:
             lower = summarise_ll(*frame_log_likelihoods(model, frames, chains=chains, betas=betas, method="raise",
-                                                        samples=samples, gibbs=gibbs, generator=generator,
-                                                        progress=progress, sampler=sampler))
+                                                        generator=generator, progress=progress, sampler=sampler,
+                                                        base=base))
     finally:
         model.train(was_training)
     res = summarise_ll(ll, var, used)
