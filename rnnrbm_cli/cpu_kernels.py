@@ -31,9 +31,13 @@ vectorises them; ``math.exp`` would be a scalar library call per element. Inputs
 Functions are compiled with ``cache=True``: the first call on a machine compiles (about
 a minute on two cores) and stores the machine code in ``__pycache__`` next to this file
 (or in numba's user cache, or ``$NUMBA_CACHE_DIR``); later processes load it in ~0.3 s.
-Parallel loops use numba's own thread pool ("workqueue"): its OpenMP layer, the default
-where libgomp is installed, spins and takes milliseconds per parallel region when other
-processes share the cores. That pool must not be entered from two Python threads at once.
+Parallel loops run on numba's OpenMP layer (the libgomp that torch loads, so one thread
+pool serves both), falling back to numba's own "workqueue" pool where libgomp is missing.
+Measured on the 2-core machine of 2026-12-01: an empty parallel region costs 1-2 us on
+OpenMP and ~100 us on the workqueue, and a tutorial update (two regions) 1.4 ms against
+2.2; with the CLI's OMP_WAIT_POLICY=PASSIVE and another busy process on the machine,
+OpenMP is still the faster (5.2 against 6.3 s per tutorial epoch). NUMBA_THREADING_LAYER
+chooses otherwise. The workqueue must not be entered from two Python threads at once.
 """
 
 from __future__ import annotations
@@ -47,10 +51,10 @@ import numba
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-# numba's OpenMP layer (its default where libgomp is installed) busy-waits: on a 2-core
-# machine shared with other processes a parallel region then costs ~5 ms instead of ~20 us.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+# OpenMP first (see the module's docstring), then TBB, then the workqueue; the environment
+# (NUMBA_THREADING_LAYER, NUMBA_THREADING_LAYER_PRIORITY) decides where it says.
+if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 # fastmath without "reassoc": the Cody-Waite reduction in _exp needs its order of operations.
 _ELEMENTWISE = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
