@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# What the CLI sets before torch loads (rnnrbm_cli/cli.py): the figures are the ones a
+# user of `rnnrbm train` gets.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 from torch import nn

@@ -10,7 +10,9 @@ Keys (``FORMAT`` = "rnnrbm-checkpoint", version 1):
     model_type           which model ("rnn-rbm"; MODELS maps it to its class; files
                          written before it existed are rnn-rbm)
     model_config         dict: the model's config fields
-    model_state          the model's state dict (tensors)
+    model_state          the model's state dict (tensors); in a best.pt of a run with
+                         --ema, the averaged parameters
+    ema_state            dict: the averaged parameters by name (--ema), or None / absent
     settings             dict: the run's settings by section (config.Settings.sections());
                          older files have a flat ``train_config`` instead
     data                 dict: the prepared data's metadata (dataset, grid, dt, beat_division, ...)

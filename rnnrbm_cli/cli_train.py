@@ -35,6 +35,7 @@ from rnnrbm_cli.cli import (
 @click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), help="Factor of the exp and plateau schedules.  [default: 0.5]")
 @click.option("--lr-patience", type=click.IntRange(min=0), help="Plateau schedule: decay when more than N estimates have not improved.  [default: 2]")
 @click.option("--clip-grad", type=click.FloatRange(min=0), help="Clip the gradient's norm to this (0 = never).  [default: 0]")
+@click.option("--ema", type=click.FloatRange(0, 1, max_open=True), help="Average the fine-tuned parameters exponentially with this decay per update (e.g. 0.9999); validation and best.pt use the average (0 = none).  [default: 0]")
 @click.option("--patience", type=click.IntRange(min=0), help="Stop when validation LL has not improved for N estimates (0 = never).  [default: 10]")
 @click.option("--pretrain-rbm-epochs", type=click.IntRange(min=0), help="First train the RBM alone on shuffled frames for N epochs.  [default: 0]")
 @click.option("--pretrain-rbm-lr", type=click.FloatRange(min=0, min_open=True), help="SGD learning rate of RBM pretraining.  [default: 0.01]")

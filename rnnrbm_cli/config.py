@@ -72,6 +72,10 @@ class OptimConfig:
     lr_patience: int = 2
     # Clip the gradient's global norm to this (0: no clipping).
     clip_grad: float = 0.0
+    # Fine-tuning keeps an exponential moving average of the parameters, a <- ema a + (1 - ema) p
+    # after every update (Polyak averaging; 0: none). Validation, best.pt and early stopping
+    # then see the averaged model; checkpoint.pt keeps both (resume continues both).
+    ema: float = 0.0
     # Stop when validation LL has not improved for this many estimates (0: never stop early).
     patience: int = 10
     # Sequences are cut into chunks of at most this many frames; the tutorial's batch_size = 100.
@@ -93,6 +97,7 @@ class OptimConfig:
             "chunk": self.chunk >= 1, "batch": self.batch >= 1,
             "lr_rbm": self.lr_rbm is None or self.lr_rbm > 0, "lr_rnn": self.lr_rnn is None or self.lr_rnn > 0,
             "lr_decay": 0 < self.lr_decay <= 1, "lr_patience": self.lr_patience >= 0, "clip_grad": self.clip_grad >= 0,
+            "ema": 0 <= self.ema < 1,
             "patience": self.patience >= 0, "pretrain_rbm_epochs": self.pretrain_rbm_epochs >= 0,
             "pretrain_rbm_lr": self.pretrain_rbm_lr > 0, "pretrain_rnn_epochs": self.pretrain_rnn_epochs >= 0,
             "pretrain_rnn_lr": self.pretrain_rnn_lr > 0,
@@ -197,7 +202,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # result is pinned here, so that a change of default never changes what the preset trains.
 _PAPER_COMMON = {
     "rnn": "tanh", "n_hidden": 150, "n_recurrent": 100, "learn_u0": True, "chunk": 100, "batch": 1,
-    "momentum": 0.0, "lr_rbm": None, "lr_rnn": None, "clip_grad": 0.0, "seed": 1234,
+    "momentum": 0.0, "lr_rbm": None, "lr_rnn": None, "clip_grad": 0.0, "ema": 0.0, "seed": 1234,
     "eval_frames": 500, "eval_chains": 50, "eval_betas": 100, "eval_method": "ais",
 }
 PAPER_PRESETS: dict[str, dict[str, Any]] = {

@@ -12,6 +12,7 @@ raised (the CLI sets it from SIGINT/SIGTERM). The run directory's files are ``ru
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -23,6 +24,7 @@ import torch
 
 from rnnrbm_cli import rundir
 from rnnrbm_cli.checkpoint import (
+    _state_problem,
     build_model,
     load_checkpoint,
     save_checkpoint,
@@ -172,6 +174,8 @@ class Trainer:
         self.evals_since_best = 0  # validation LL estimates since the best one (early stopping)
         self.stopped_early = False
         self.last_metrics: dict[str, Any] = {}
+        # the averaged parameters (optim.ema), in the order of model.parameters(); fine-tuning only
+        self.ema: list[torch.Tensor] | None = None
         self.run_dir: Path | None = Path(settings.run.run_dir) if settings.run.run_dir else None
         self.lock: rundir.RunLock | None = None
         self.stage: Stage = self._stage(self.stage_of(self.epoch))
@@ -257,11 +261,20 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
+    def state(self, averaged: bool = False) -> dict[str, Any]:
+        """What a checkpoint holds; ``averaged``: the model is the averaged one (best.pt), when
+        there is an average."""
+        model_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        ema_state = None
+        if self.ema is not None:
+            ema_state = {name: a.detach().cpu().clone() for (name, _), a in zip(self.model.named_parameters(), self.ema)}
+            if averaged:
+                model_state.update(ema_state)
         return {
             "model_type": self.settings.model.model_type,
             "model_config": asdict(self.settings.model),
-            "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model_state": model_state,
+            "ema_state": ema_state,
             "settings": self.settings.sections(),
             "data": self.data_meta,
             "epoch": self.epoch,
@@ -291,6 +304,14 @@ class Trainer:
         self.last_metrics = metrics.get("last") or {}
         self.evals_since_best = int(metrics.get("evals_since_best") or 0)
         self.stopped_early = bool(metrics.get("stopped_early"))
+        ema_state = payload.get("ema_state")
+        self.ema = None
+        if ema_state is not None:
+            named = dict(self.model.named_parameters())
+            problem = _state_problem(named, ema_state)
+            if problem:
+                raise RnnrbmError(f"the checkpoint's ema_state does not fit the model: {problem}.")
+            self.ema = [ema_state[name].to(self.device, p.dtype).clone() for name, p in named.items()]
 
     def _params_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
@@ -299,7 +320,7 @@ class Trainer:
         path = self.run_dir / "checkpoint.pt"
         save_checkpoint(path, self.state())
         if best:
-            save_checkpoint(self.run_dir / "best.pt", self.state())
+            save_checkpoint(self.run_dir / "best.pt", self.state(averaged=True))
         return path
 
     # -- the loop -----------------------------------------------------------------------
@@ -366,7 +387,7 @@ class Trainer:
         if not (self.run_dir / "checkpoint.pt").exists():  # --epochs 0: the initial model
             self.save()
         if not (self.run_dir / "best.pt").exists():
-            save_checkpoint(self.run_dir / "best.pt", self.state())
+            save_checkpoint(self.run_dir / "best.pt", self.state(averaged=True))
         return TrainResult(
             run_dir=self.run_dir, checkpoint=self.run_dir / "checkpoint.pt",
             best_checkpoint=self.run_dir / "best.pt", epochs=self.epoch, metrics=self.last_metrics,
@@ -387,6 +408,9 @@ class Trainer:
             seconds_before, frames_done = 0.0, 0
         batches = order.split(stage.batch)
         n_updates = len(batches)
+        averaging = stage.name == "fine" and o.ema > 0
+        if averaging and self.ema is None:  # the average starts where fine-tuning starts
+            self.ema = [p.detach().clone() for p in model.parameters()]
         self.callbacks.on_epoch_start(epoch, n_updates, first)
         t0 = time.perf_counter()
         for u in range(first, n_updates):
@@ -395,6 +419,10 @@ class Trainer:
             if o.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(stage.params, o.clip_grad)
             optimizer.step()
+            if averaging:
+                with torch.no_grad():
+                    for a, p in zip(self.ema, model.parameters()):
+                        a.lerp_(p, 1.0 - o.ema)
             # sums stay tensors on the device: no synchronisation per update
             monitor_sum = monitor_sum + stats.monitor
             cost_sum = cost_sum + stats.cost
@@ -481,6 +509,25 @@ class Trainer:
             return True
         return False
 
+    @contextlib.contextmanager
+    def averaged(self):
+        """The model with the averaged parameters in place of its own, while inside (no change
+        without an average): what validation measures and best.pt holds."""
+        if self.ema is None:
+            yield self.model
+            return
+        params = list(self.model.parameters())
+        with torch.no_grad():
+            own = [p.detach().clone() for p in params]
+            for p, a in zip(params, self.ema):
+                p.copy_(a)
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for p, o in zip(params, own):
+                    p.copy_(o)
+
     @torch.no_grad()
     def valid_monitor(self) -> float | None:
         """The stage's monitor on the validation split, with a fixed seed so that epochs compare."""
@@ -489,7 +536,8 @@ class Trainer:
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(self.settings.run.seed + 2)
         try:
-            return self.objective.monitor(self.stage.valid, gen)
+            with self.averaged():
+                return self.objective.monitor(self.stage.valid, gen)
         finally:
             self.model.train()
 
@@ -501,12 +549,13 @@ class Trainer:
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(self.settings.run.seed + 3)
         t0 = time.perf_counter()
-        res = log_likelihood(
-            self.model, self.valid_sequences, chains=e.eval_chains, betas=e.eval_betas, method=e.eval_method,
-            # an exact likelihood is cheap: all validation frames then
-            max_frames=None if exact_likelihood(self.model) else e.eval_frames, generator=gen,
-            backend=self.settings.run.backend,
-        )
+        with self.averaged():
+            res = log_likelihood(
+                self.model, self.valid_sequences, chains=e.eval_chains, betas=e.eval_betas, method=e.eval_method,
+                # an exact likelihood is cheap: all validation frames then
+                max_frames=None if exact_likelihood(self.model) else e.eval_frames, generator=gen,
+                backend=self.settings.run.backend,
+            )
         self.model.train()
         return {"valid_ll": res.mean, "valid_ll_stderr": res.stderr, "valid_ll_seconds": time.perf_counter() - t0}
 

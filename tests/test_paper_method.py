@@ -153,7 +153,7 @@ def test_the_plateau_schedule_decays_when_validation_stalls(toy_npz, tmp_path, m
 @pytest.mark.parametrize("where", [(1, 3), (3, 5), (5, 2)])  # inside the rbm, rnn and fine stages
 def test_resume_in_the_middle_of_any_stage_equals_an_uninterrupted_run(toy_npz, tmp_path, backend, where):
     kw = dict(epochs=2, pretrain_rbm_epochs=2, pretrain_rnn_epochs=2, backend=backend, lr_schedule="exp", lr_decay=0.9,
-              optimizer="sgd", momentum=0.5, clip_grad=5.0, learn_u0=True)
+              optimizer="sgd", momentum=0.5, clip_grad=5.0, learn_u0=True, ema=0.7)
     full = make_trainer(toy_npz, tmp_path / "full", **kw)
     full.train()
     stop = StopFlag()
@@ -164,7 +164,61 @@ def test_resume_in_the_middle_of_any_stage_equals_an_uninterrupted_run(toy_npz, 
     resumed.train()
     for k, v in params(full).items():
         assert torch.equal(params(resumed)[k], v), k
+    assert all(torch.equal(a, b) for a, b in zip(full.ema, resumed.ema))
     assert [m["stage"] for m in metrics_of(tmp_path / "part")] == ["rbm", "rbm", "rnn", "rnn", "fine", "fine"]
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_the_parameter_average_is_the_plain_recurrence_and_what_validation_and_best_pt_see(
+        toy_npz, tmp_path, backend, monkeypatch):
+    from rnnrbm_cli import evaluate
+
+    decay, seen, trace = 0.8, [], []
+
+    class Record(Callbacks):
+        def on_epoch_start(self, epoch, n_updates, first_update):
+            if epoch == 2:  # pretraining (epoch 1) leaves the average alone
+                trace.append([p.detach().clone() for p in t.model.parameters()])
+
+        def on_update(self, epoch, update, n_updates):
+            if epoch >= 2:
+                trace.append([p.detach().clone() for p in t.model.parameters()])
+
+    real = evaluate.log_likelihood
+
+    def watched(model, *a, **kw):
+        seen.append(all(torch.equal(p, e) for p, e in zip(model.parameters(), t.ema)))
+        return real(model, *a, **kw)
+
+    monkeypatch.setattr(evaluate, "log_likelihood", watched)
+    t = make_trainer(toy_npz, tmp_path / "run", pretrain_rnn_epochs=1, epochs=2, eval_every=1, eval_chains=4,
+                     eval_betas=3, eval_frames=20, ema=decay, backend=backend, callbacks=Record())
+    t.train()
+    # a(0) = the parameters where fine-tuning starts; a <- decay a + (1 - decay) p after each update
+    average = trace[0]
+    for step in trace[1:]:
+        average = [decay * a + (1 - decay) * p for a, p in zip(average, step)]
+    for a, e in zip(average, t.ema):
+        torch.testing.assert_close(e, a, rtol=1e-5, atol=1e-6)
+    assert seen == [True, True]  # both validation estimates measured the average ...
+    raw = [p.detach() for p in t.model.parameters()]
+    assert not all(torch.equal(p, e) for p, e in zip(raw, t.ema))  # ... and the model got its own back
+    names = [name for name, _ in t.model.named_parameters()]
+    last = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(last["model_state"][n], p) for n, p in zip(names, raw))
+    assert all(torch.equal(last["ema_state"][n], e) for n, e in zip(names, t.ema))
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert all(torch.equal(best["model_state"][n], best["ema_state"][n]) for n in names)
+    if best["epoch"] == 3:  # the last epoch: the average it holds is the trainer's
+        assert all(torch.equal(best["model_state"][n], e) for n, e in zip(names, t.ema))
+
+
+def test_a_run_without_an_average_keeps_none(toy_npz, tmp_path):
+    t = make_trainer(toy_npz, tmp_path / "run", epochs=1)
+    t.train()
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert t.ema is None and best["ema_state"] is None
+    assert all(torch.equal(best["model_state"][n], p) for n, p in t.model.named_parameters())
 
 
 def test_settings_of_the_method_are_checked():
@@ -172,7 +226,8 @@ def test_settings_of_the_method_are_checked():
     from rnnrbm_cli.errors import RnnrbmUsageError
 
     for bad in ({"lr_schedule": "cosine"}, {"lr_decay": 0}, {"lr_rbm": -1.0}, {"clip_grad": -1.0},
-                {"pretrain_rnn_epochs": -1}, {"lr_rnn": "fast"}, {"eval_method": "exact"}):
+                {"pretrain_rnn_epochs": -1}, {"lr_rnn": "fast"}, {"eval_method": "exact"}, {"ema": 1.0},
+                {"ema": -0.1}):
         with pytest.raises(RnnrbmUsageError):
             resolve_settings(bad)
     assert resolve_settings({"lr_rbm": 1}).optim.lr_rbm == 1.0
@@ -215,3 +270,16 @@ def test_the_tutorials_plain_sgd_on_small_data_says_so(toy_npz, tmp_path):
     messages.clear()
     make_trainer(toy_npz, tmp_path / "b", epochs=1, optimizer="adam", lr=0.001, callbacks=Say()).train()
     assert not any("too few" in m for m in messages)
+
+
+def test_resume_refuses_an_average_that_does_not_fit_the_model(toy_npz, tmp_path):
+    from rnnrbm_cli.checkpoint import save_checkpoint
+    from rnnrbm_cli.errors import RnnrbmError
+
+    make_trainer(toy_npz, tmp_path / "run", epochs=1, ema=0.9).train()
+    path = tmp_path / "run" / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["ema_state"]["W"] = torch.zeros(3, 3)
+    save_checkpoint(path, payload)
+    with pytest.raises(RnnrbmError, match="ema_state does not fit the model: W is"):
+        resume_trainer(tmp_path / "run", torch.device("cpu"), epochs=2)
