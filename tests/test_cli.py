@@ -40,6 +40,7 @@ def test_an_unknown_flag_is_a_usage_error(command):
         ["evaluate", "x.pt", "--split", "dev"],
         ["evaluate", "x.pt", "--method", "forward"],
         ["train", "--eval-method", "exact"],
+        ["train", "--ema", "1"],
         ["plot", "x.mid", "--width", "3"],
         ["prepare", "nottingham", "--dt", "0"],
     ],

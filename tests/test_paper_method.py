@@ -283,3 +283,19 @@ def test_resume_refuses_an_average_that_does_not_fit_the_model(toy_npz, tmp_path
     save_checkpoint(path, payload)
     with pytest.raises(RnnrbmError, match="ema_state does not fit the model: W is"):
         resume_trainer(tmp_path / "run", torch.device("cpu"), epochs=2)
+
+
+def test_train_ema_from_the_command_line_writes_the_average_into_best_pt(toy_npz, tmp_path):
+    from conftest import run
+
+    run_dir = tmp_path / "run"
+    r = run("train", "--data", toy_npz, "--epochs", "2", "--ema", "0.5", "--run-dir", run_dir, "--n-hidden", "8",
+            "--n-recurrent", "4", "--k", "1", "--chunk", "12", "--eval-every", "0", "--device", "cpu", "--seed", "1")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((run_dir / "config.json").read_text())["optim"]["ema"] == 0.5
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    last = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(best["model_state"][n], a) for n, a in best["ema_state"].items())
+    assert not torch.equal(last["model_state"]["W"], last["ema_state"]["W"])
+    r = run("sample", run_dir / "best.pt", tmp_path / "out.mid", "--steps", "8", "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
