@@ -146,11 +146,11 @@ def model_config_from(payload: dict[str, Any]):
         raise RnnrbmError(f"the checkpoint's model_config is invalid: {e}.") from None
 
 
-def _state_problem(expected: dict[str, torch.Tensor], state: Any, shown: int = 4) -> str | None:
+def state_problem(expected: dict[str, torch.Tensor], state: Any, key: str = "model_state", shown: int = 4) -> str | None:
     """What is wrong with a stored state dict, the useful part first: names missing,
     unexpected or not tensors, and shapes that differ (at most ``shown`` of each); None if nothing."""
     if not isinstance(state, dict):
-        return f"model_state is a {type(state).__name__}, not a dict of tensors"
+        return f"{key} is a {type(state).__name__}, not a dict of tensors"
 
     def names(items: list[str]) -> str:
         more = f" and {len(items) - shown} more" if len(items) > shown else ""
@@ -192,7 +192,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     if config.model_type != model_type_of(payload):
         raise RnnrbmError(f"{path} is inconsistent: its model_type is {model_type_of(payload)!r} but its model_config says {config.model_type!r}.")
     model = build_model(config)
-    problem = _state_problem(model.state_dict(), payload["model_state"])
+    problem = state_problem(model.state_dict(), payload["model_state"])
     if problem is None:
         try:
             model.load_state_dict(payload["model_state"])

@@ -24,10 +24,10 @@ import torch
 
 from rnnrbm_cli import rundir
 from rnnrbm_cli.checkpoint import (
-    _state_problem,
     build_model,
     load_checkpoint,
     save_checkpoint,
+    state_problem,
 )
 from rnnrbm_cli.chunks import ChunkedData
 from rnnrbm_cli.config import Settings, settings_from_checkpoint
@@ -308,7 +308,7 @@ class Trainer:
         self.ema = None
         if ema_state is not None:
             named = dict(self.model.named_parameters())
-            problem = _state_problem(named, ema_state)
+            problem = state_problem(named, ema_state, key="ema_state")
             if problem:
                 raise RnnrbmError(f"the checkpoint's ema_state does not fit the model: {problem}.")
             self.ema = [ema_state[name].to(self.device, p.dtype).clone() for name, p in named.items()]
