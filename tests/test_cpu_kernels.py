@@ -93,6 +93,33 @@ def test_vectorisable_exp_tanh_softplus_are_float32_accurate():
     assert np.max(np.abs(_elementwise(x, 2))) < 2e-38
 
 
+@numba.njit(error_model="numpy")
+def _uniform_draws(n, counter):
+    out = np.full(cpu_kernels._n_uniforms(n), -1.0, np.float32)
+    after = cpu_kernels._uniforms(out, n, counter)
+    return out, after
+
+
+def test_uniforms_are_the_splitmix64_sequence_written_as_a_plain_loop():
+    # Python integers mod 2**64 against the vectorised kernel: high 24 bits of each output
+    # fill the first half, bits 8..31 the second, and the counter moves on by the outputs used
+    mask = 2**64 - 1
+    gamma, m1, m2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+    def mix(z):
+        z = ((z ^ (z >> 30)) * m1) & mask
+        z = ((z ^ (z >> 27)) * m2) & mask
+        return z ^ (z >> 31)
+
+    for n, counter in ((1, 0), (88, 12345), (240, 2**64 - 3), (1000, 0xDEADBEEF)):
+        got, after = _uniform_draws(n, np.uint64(counter))
+        half = len(got) // 2
+        z = [mix((counter + q * gamma) & mask) for q in range(half)]
+        expected = [(x >> 40) / 2**24 for x in z] + [((x >> 8) & 0xFFFFFF) / 2**24 for x in z]
+        assert len(got) == 16 * ((n + 15) // 16) and got.tolist() == expected
+        assert int(after) == (counter + half * gamma) & mask
+
+
 # -- gradients -----------------------------------------------------------------------------
 
 
@@ -366,6 +393,26 @@ def test_compiled_and_torch_ais_agree_statistically_at_the_trained_size():
     sd = (runs["torch"][1] + runs["numba"][1]).double().sqrt()
     assert (diff.abs() / sd).max() < 5
     assert abs(float(diff.mean())) < 4 * float(sd.mean()) / np.sqrt(60)
+
+
+@pytest.mark.parametrize("n_hidden", [150, 1200])
+def test_compiled_ais_increment_equals_the_free_energy_difference(n_hidden):
+    # one annealing step (betas 0, 1) from a base that fixes v: the log-weight is
+    # f_1(v) - f_0(v) = v.(bv - base) + sum_j softplus((v W + bh)_j) - n_hidden log 2, exactly.
+    # 1200 units at large pre-activations: prod_j (1 + e_j) would overflow a float64 unchunked
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(88, n_hidden, generator=g) * 3
+    bv = torch.randn(4, 88, generator=g) - 2
+    bh = torch.randn(4, n_hidden, generator=g) * 4
+    schedule = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    for sign in (-1, 1):  # v = all off, all on
+        base = torch.full((4, 88), 30.0 * sign)
+        v = torch.full((4, 88), float(sign > 0)).double()
+        log_w = NumbaSampler(None).ais_log_weights(W, base, bv, bh, schedule, 3, torch.Generator().manual_seed(0))
+        pre = v @ W.double() + bh.double()
+        expected = (v * (bv.double() - base.double())).sum(1) + torch.nn.functional.softplus(pre).sum(1)
+        expected -= n_hidden * np.log(2)
+        torch.testing.assert_close(log_w, expected[:, None].expand(4, 3), rtol=1e-6, atol=1e-3)
 
 
 def test_compiled_ais_follows_the_generator_and_not_the_thread_count():
