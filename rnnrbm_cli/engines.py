@@ -73,7 +73,7 @@ class Objective(Protocol):
 class Sampler(Protocol):
     backend: str
 
-    def compile_message(self) -> str | None: ...
+    def compile_message(self, job: str = "sample") -> str | None: ...
 
     def generate(self, n: int, steps: int, k: int, primer: Tensor | None, generator: torch.Generator | None) -> Tensor: ...
 
@@ -235,7 +235,7 @@ class _ModelSampler:
     def __init__(self, model) -> None:
         self.model = model
 
-    def compile_message(self) -> str | None:
+    def compile_message(self, job: str = "sample") -> str | None:
         return None
 
     def generate(self, n, steps, k, primer=None, generator=None) -> Tensor:
@@ -361,9 +361,12 @@ class NumbaSampler:
     def __init__(self, model: rbm.RNNRBM) -> None:
         self.model = model
 
-    def compile_message(self) -> str | None:
+    def compile_message(self, job: str = "sample") -> str | None:
+        """The message to show before ``job`` ("sample" or "evaluate") compiles its kernels; None
+        when numba's cache holds them (or cannot tell)."""
         kernels = _kernels()
-        return COMPILE_MESSAGE if _compiled_before(kernels.generate_rows, kernels.rnn_serial, kernels.gibbs_rows, kernels.ais) is False else None
+        used = (kernels.generate_rows, kernels.rnn_serial) if job == "sample" else (kernels.gibbs_rows, kernels.ais)
+        return COMPILE_MESSAGE if _compiled_before(*used) is False else None
 
     def generate(self, n, steps, k, primer=None, generator=None) -> Tensor:
         """:meth:`RNNRBM.generate` on the CPU: n sequences of ``steps`` new frames, each from

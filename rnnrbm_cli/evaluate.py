@@ -668,7 +668,7 @@ def evaluate_checkpoint(
             f"{path} has frames of {sorted(width)} keys but the model has {model.config.n_visible} visible units; "
             "evaluate it on data prepared like its training data."
         )
-    message = sampler_for(model, backend).compile_message()
+    message = sampler_for(model, backend).compile_message("evaluate")
     if message and on_message is not None:
         on_message(message)
     generator = torch.Generator(device=dev).manual_seed(seed)

@@ -296,6 +296,17 @@ def test_compiled_generate_matches_the_torch_path_with_a_primer():
     torch.testing.assert_close(fast, reference)
 
 
+def test_the_compile_message_looks_at_the_kernels_of_its_job(monkeypatch):
+    # evaluate once said "Compiling" because generation's kernel was not cached yet
+    cached = {cpu_kernels.gibbs_rows, cpu_kernels.ais}
+    monkeypatch.setattr(engines, "_compiled_before", lambda *functions: all(f in cached for f in functions))
+    sampler = NumbaSampler(None)
+    assert sampler.compile_message("evaluate") is None
+    assert sampler.compile_message() == sampler.compile_message("sample") == engines.COMPILE_MESSAGE
+    cached = {cpu_kernels.generate_rows, cpu_kernels.rnn_serial}
+    assert sampler.compile_message() is None and sampler.compile_message("evaluate") == engines.COMPILE_MESSAGE
+
+
 def test_sampler_for_chooses_the_kernels_on_the_cpu_and_is_reproducible(monkeypatch):
     m = make_model(n_visible=6, n_hidden=4, n_recurrent=3)
     calls = []
