@@ -254,7 +254,9 @@ def test_the_paper_preset_adapts_to_the_data_and_flags_still_win():
     notts = merge_settings("paper", None, {"data": "nottingham"})
     assert (jsb.optim.lr, jsb.optim.epochs, jsb.eval.eval_method) == (0.003, 150, "ais")
     assert (notts.optim.lr, notts.optim.epochs, notts.eval.eval_method, notts.eval.eval_betas) == (0.0003, 120, "raise", 1000)
-    assert (notts.optim.ema, jsb.optim.ema) == (0.9999, 0.0)
+    assert (notts.optim.ema, jsb.optim.ema) == (0.99995, 0.0)
+    assert (notts.optim.lr_schedule, jsb.optim.lr_schedule) == ("constant", "plateau")
+    assert (notts.model.n_hidden, jsb.model.n_hidden) == (200, 150)
     assert notts.optim.pretrain_rnn_epochs == jsb.optim.pretrain_rnn_epochs == 40  # the same pretraining
     assert merge_settings("paper", None, {"data": "nottingham", "lr": 0.001}).optim.lr == 0.001
 
