@@ -6,8 +6,8 @@
 # same frames, the conservative RAISE estimate), and checks on 200 test frames that the
 # number of betas is enough (the two estimates at 1000 and 10,000 betas).
 # Needs the data (rnnrbm fetch, or RNNRBM_MIRROR); an RNN-RBM on Nottingham takes about
-# 25 minutes to train and 30-35 minutes per 100 x 1000 pass over its 44,463 test frames on a
-# 2-core CPU.
+# 25 minutes to train and about 40 minutes per 100 x 1000 pass over its 44,463 test frames on a
+# 2-core CPU (200 hidden units).
 set -euo pipefail
 model=${1:-rnn-rbm}
 data=${2:-nottingham}
