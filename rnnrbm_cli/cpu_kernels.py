@@ -428,6 +428,15 @@ def _bptt_parallel(WuuT, u_cur, du_bias, offsets, da, du0):
 
 # -- training: CD-k over a set of chunks -------------------------------------------------
 #
+# One CD update is three kernels with two dense products between them, which engines.py
+# hands to torch (MKL on both cores): every frame's biases [bv(t) | bh(t)] = [bv | bh] +
+# u(t-1) [Wuv | Wuh], and what they send back to u(t-1), [dbv(t) | dbh(t)] [Wuv | Wuh]^T.
+# Done one frame at a time inside the chains, each of those products streamed its matrix
+# from L2 for every frame (2.5 us of thread time per frame, against 0.3 for the two matrix
+# products). Their inner dimension is a layer's width, so MKL splits rows, not sums, and
+# the results do not depend on the thread count; the sums over frames below stay here, in
+# a fixed order.
+#
 # Parallel loops run over ``blocks`` contiguous ranges of frames or tasks (a few per
 # thread), each allocating its scratch once: allocating per frame or per task costs more
 # than some of the work, and numba.get_thread_id() would make the functions uncachable.
@@ -438,26 +447,50 @@ def _block_range(block, blocks, n):
     return block * n // blocks, (block + 1) * n // blocks
 
 
+@_serial
+def _cd_recurrence(Wvu, Wuu, bu, u0, frames, starts, lengths):
+    """The RNN over the chunks frames[starts[b] : starts[b] + lengths[b]], b = 0..B-1.
+
+    Returns (rows, offsets, u_prev, u_cur): frame g of the chunks laid end to end is
+    frames[rows[g]], chunk b holds frames offsets[b] .. offsets[b+1]-1, and u_prev[g],
+    u_cur[g] are u(t-1), u(t) there, (n, n_recurrent) float32.
+    """
+    n_u = Wuu.shape[0]
+    B = starts.shape[0]
+    offsets = np.zeros(B + 1, np.int64)
+    for b in range(B):
+        offsets[b + 1] = offsets[b] + lengths[b]
+    n = offsets[B]
+    rows = np.empty(n, np.int64)
+    for b in range(B):
+        for t in range(lengths[b]):
+            rows[offsets[b] + t] = starts[b] + t
+    u_prev = np.empty((n, n_u), np.float32)
+    u_cur = np.empty((n, n_u), np.float32)
+    if B > 1:
+        _rnn_parallel(Wvu, Wuu, bu, u0, frames, rows, offsets, u_prev, u_cur)
+    else:
+        _rnn_serial(Wvu, Wuu, bu, u0, frames, rows, offsets, u_prev, u_cur)
+    return rows, offsets, u_prev, u_cur
+
+
 @_parallel
-def _chains(W, Wt, bv, bh, Wuv, Wuh, WuvT, WuhT, frames, rows, u_prev, k, seed, v_neg_given, want_grads, blocks,
-            dbv, dense, ph_data, ph_neg, v_data, v_neg, du_bias, gap, monitor):
+def _chains(W, Wt, bias, frames, rows, k, seed, v_neg_given, blocks,
+            dbias, ph_data, ph_neg, v_data, v_neg, gap, monitor):
     """Every frame's CD-k chain and what the gradient needs from it; frames are independent.
 
-    Frame g has data v = frames[rows[g]] and biases bv(t) = bv + u(t-1) Wuv,
-    bh(t) = bh + u(t-1) Wuh with u(t-1) = u_prev[g]; its chain starts at v and ends at v~
-    (or v~ = v_neg_given[g]). W, bh and Wuh come with the hidden axis padded
-    (_pad_hidden); Wt = W^T, WuvT = Wuv^T, WuhT = Wuh^T do not. With n frames in all,
+    Frame g has data v = frames[rows[g]] and biases bias[g] = [bv(t) | bh(t)] (the hidden
+    part padded, as W's hidden axis is: _pad_hidden; Wt = W^T is not padded); its chain
+    starts at v and ends at v~ (or v~ = v_neg_given[g]). With n frames in all,
     ph = sigmoid(v W + bh(t)) and ph~ = sigmoid(v~ W + bh(t)), writes:
     gap[g] = F(v) - F(v~); monitor[g] = log p(v | h) with h ~ p(h | v~), the tutorial's
     monitor; v_data[g], v_neg[g] = v, v~ as booleans; ph_data[g] = ph / n,
-    ph_neg[g] = ph~ / n; dbv[g] = dcost/dbv(t) = (v~ - v) / n;
-    dense[g, :n_h] = dcost/dbh(t) = (ph~ - ph) / n; and, when want_grads,
-    du_bias[g] = dcost/du(t-1) through bv(t), bh(t) = dbv(t) Wuv^T + dbh(t) Wuh^T.
+    ph_neg[g] = ph~ / n; and dbias[g] = [dcost/dbv(t) | dcost/dbh(t)]
+    = [(v~ - v) / n | (ph~ - ph) / n], zero on the padding.
     """
     n = rows.shape[0]
     n_v, n_hp = W.shape
     n_h = Wt.shape[0]
-    n_u = Wuv.shape[0]
     inv_n = _ONE / _f32(n)
     given = v_neg_given.shape[0] > 0
     for block in prange(blocks):
@@ -476,11 +509,9 @@ def _chains(W, Wt, bv, bh, Wuv, Wuh, WuvT, WuhT, frames, rows, u_prev, k, seed, 
         for g in range(lo, hi):
             frame = frames[rows[g]]
             for i in range(n_v):
-                bv_t[i] = bv[i]
+                bv_t[i] = bias[g, i]
             for j in range(n_hp):
-                bh_t[j] = bh[j]
-            _add_vec_mat(bv_t, u_prev[g], Wuv)
-            _add_vec_mat(bh_t, u_prev[g], Wuh)
+                bh_t[j] = bias[g, n_v + j]
             counter = _stream_start(seed, g)
 
             # F(v) and ph for the data
@@ -505,13 +536,16 @@ def _chains(W, Wt, bv, bh, Wuv, Wuh, WuvT, WuhT, frames, rows, u_prev, k, seed, 
             for a in range(n_v_on):
                 energy += bv_t[v_idx[a]]
             gap[g] = energy
+            d = dbias[g]
             for i in range(n_v):
                 v_data[g, i] = frame[i] > _HALF
                 v_neg[g, i] = v_on[i]
-                dbv[g, i] = (_f32(v_on[i]) - frame[i]) * inv_n
+                d[i] = (_f32(v_on[i]) - frame[i]) * inv_n
             for j in range(n_h):
                 ph_neg[g, j] = ph[j] * inv_n
-                dense[g, j] = ph_neg[g, j] - ph_data[g, j]
+                d[n_v + j] = ph_neg[g, j] - ph_data[g, j]
+            for j in range(n_v + n_h, d.shape[0]):
+                d[j] = _ZERO
 
             # the monitor: h ~ p(h | v~), then log p(v | h) summed over keys
             counter = _uniforms(rand, n_h, counter)
@@ -523,17 +557,23 @@ def _chains(W, Wt, bv, bh, Wuv, Wuh, WuvT, WuhT, frames, rows, u_prev, k, seed, 
                 work[i] = frame[i] * xv[i] - _softplus(xv[i])
             monitor[g] = _sum(work[:n_v])
 
-            if want_grads:  # dbv(t) is zero but where v~ and v differ
-                d = du_bias[g]
-                for r in range(n_u):
-                    d[r] = _ZERO
-                _add_vec_mat(d, dense[g, :n_h], WuhT)
-                for i in range(n_v):
-                    if dbv[g, i] != _ZERO:
-                        c = dbv[g, i]
-                        row = WuvT[i]
-                        for r in range(n_u):
-                            d[r] += c * row[r]
+
+@_serial
+def _cd_chains(W, bias, frames, rows, k, seed, v_neg_given, threads):
+    """_chains with its outputs allocated; W unpadded. Returns (dbias, ph_data, ph_neg,
+    v_data, v_neg, sum over frames of F(v) - F(v~), sum over frames of the monitor)."""
+    n = rows.shape[0]
+    n_v, n_h = W.shape
+    dbias = np.empty((n, bias.shape[1]), np.float32)
+    ph_data = np.empty((n, n_h), np.float32)
+    ph_neg = np.empty((n, n_h), np.float32)
+    v_data = np.empty((n, n_v), np.bool_)
+    v_neg = np.empty((n, n_v), np.bool_)
+    gap = np.empty(n, np.float64)
+    monitor = np.empty(n, np.float64)
+    _chains(_pad_hidden(W), np.ascontiguousarray(W.T), bias, frames, rows, k, seed, v_neg_given, max(1, min(n, 4 * threads)),
+            dbias, ph_data, ph_neg, v_data, v_neg, gap, monitor)
+    return dbias, ph_data, ph_neg, v_data, v_neg, gap.sum(), monitor.sum()
 
 
 @_serial
@@ -563,14 +603,15 @@ _FRAME_TILE = 64  # frames per pass of the dense gradient sums: keeps the rows r
 
 
 @_parallel
-def _parameter_gradients(u_prev, u_prevT, dbv, dense, ph_data, ph_neg, v_data, v_neg, du0, blocks,
+def _parameter_gradients(u_prev, u_prevT, dbias, dense, ph_data, ph_neg, v_data, v_neg, du0, blocks,
                          gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0):
     """Sums over frames into the parameter gradients.
 
     Per frame g (see _chains and _bptt_chunk): u_prev[g] = u(t-1) (u_prevT its
-    transpose), dbv[g] = dcost/dbv(t) (nonzero where v~ and v differ), dense[g] =
-    [dcost/dbh(t), da(t)], v_data[g] and v_neg[g] the keys on in v and v~. Block b of the
-    parallel loop takes every blocks-th row of the RNN matrices and every blocks-th key.
+    transpose), dbias[g] = [dcost/dbv(t) | dcost/dbh(t)] (dbv(t) nonzero where v~ and v
+    differ), dense[g] = [dcost/dbh(t) | da(t)], v_data[g] and v_neg[g] the keys on in v and
+    v~. Block b of the parallel loop takes every blocks-th row of the RNN matrices and
+    every blocks-th key.
     """
     n = u_prev.shape[0]
     n_v, n_h = gW.shape
@@ -621,82 +662,37 @@ def _parameter_gradients(u_prev, u_prevT, dbv, dense, ph_data, ph_neg, v_data, v
                 gWuv[r, i] = (neg[r] - pos[r]) * inv_n
 
         if block == blocks - 1:  # the biases: sums over frames, and over chunks for u(0)
-            _column_sums(gbv, dbv)
+            _column_sums(gbv, dbias[:, :n_v])
             _column_sums(gbh, dense[:, :n_h])
             _column_sums(gbu, da)
             _column_sums(gu0, du0)
 
 
 @_serial
-def _cd(
-    W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u0,
-    frames, starts, lengths, k, seed, want_grads, v_neg_given, threads,
-    gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0,
-):
-    """CD-k over the chunks frames[starts[b] : starts[b] + lengths[b]], b = 0..B-1.
+def _cd_gradients(Wuu, u_prev, u_cur, offsets, dbias, du_bias, ph_data, ph_neg, v_data, v_neg, threads,
+                  gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0):
+    """Back-propagation through time from du_bias[g] = dcost/du(t-1) through bv(t), bh(t)
+    (= dbias[g] [Wuv | Wuh]^T), then the gradient of every parameter into g*.
 
-    Parameters are float32 C-contiguous arrays shaped as the model's; ``frames`` is
-    (N, n_visible) float32 0/1. When ``want_grads``, writes into g* the gradient of the
-    CD cost (mean over all n real frames of F(v) - F(v~), v~ held constant). With
-    ph = sigmoid(v W + bh(t)) and ph~ = sigmoid(v~ W + bh(t)) that gradient is
-
-        dW = (sum_t v~(t)^T ph~(t) - v(t)^T ph(t)) / n
-        dbv(t) = (v~(t) - v(t)) / n,   dbh(t) = (ph~(t) - ph(t)) / n
-
-    and bv(t) = bv + u(t-1) Wuv, bh(t) = bh + u(t-1) Wuh carry dbv(t), dbh(t) into bv,
-    bh, Wuv, Wuh and u(t-1), from where back-propagation through
-    u(t) = tanh(bu + u(t-1) Wuu + v(t) Wvu) reaches Wuu, Wvu, bu and u(0).
-    k : Gibbs steps; seed : uint64, the key of the random streams; v_neg_given : (n,
-    n_visible) negative samples to use instead of the chains', or an empty array;
-    threads : numba's thread count (parallel loops are cut into 4 blocks per thread).
-    Returns (sum over frames of F(v) - F(v~), sum over frames of the monitor, n).
+    u(t) = tanh(bu + u(t-1) Wuu + v(t) Wvu) carries du_bias into Wuu, Wvu, bu and u(0);
+    bv(t) = bv + u(t-1) Wuv and bh(t) = bh + u(t-1) Wuh carry dbias into bv, bh, Wuv, Wuh.
     """
-    n_v, n_h = W.shape
-    n_u = Wuu.shape[0]
-    B = starts.shape[0]
-    offsets = np.zeros(B + 1, np.int64)
-    for b in range(B):
-        offsets[b + 1] = offsets[b] + lengths[b]
-    n = offsets[B]
-    rows = np.empty(n, np.int64)
-    for b in range(B):
-        for t in range(lengths[b]):
-            rows[offsets[b] + t] = starts[b] + t
-
-    u_prev = np.empty((n, n_u), np.float32)
-    u_cur = np.empty((n, n_u), np.float32)
+    n, n_u = u_prev.shape
+    n_v, n_h = gW.shape
+    B = offsets.shape[0] - 1
+    dense = np.empty((n, n_h + n_u), np.float32)  # [dbh(t) | da(t)]: the dense sums with u(t-1)
+    for g in range(n):
+        for j in range(n_h):
+            dense[g, j] = dbias[g, n_v + j]
+    da = dense[:, n_h:]
+    du0 = np.empty((B, n_u), np.float32)
+    WuuT = np.ascontiguousarray(Wuu.T)
     if B > 1:
-        _rnn_parallel(Wvu, Wuu, bu, u0, frames, rows, offsets, u_prev, u_cur)
+        _bptt_parallel(WuuT, u_cur, du_bias, offsets, da, du0)
     else:
-        _rnn_serial(Wvu, Wuu, bu, u0, frames, rows, offsets, u_prev, u_cur)
-
-    dbv = np.empty((n, n_v), np.float32)
-    dense = np.empty((n, n_h + n_u), np.float32)  # [dbh(t), da(t)] per frame
-    ph_data = np.empty((n, n_h), np.float32)
-    ph_neg = np.empty((n, n_h), np.float32)
-    v_data = np.empty((n, n_v), np.bool_)
-    v_neg = np.empty((n, n_v), np.bool_)
-    du_bias = np.empty((n, n_u), np.float32)
-    gap = np.empty(n, np.float64)
-    monitor = np.empty(n, np.float64)
-    _chains(
-        _pad_hidden(W), np.ascontiguousarray(W.T), bv, _pad_hidden(bh.reshape(1, -1))[0], Wuv, _pad_hidden(Wuh),
-        np.ascontiguousarray(Wuv.T), np.ascontiguousarray(Wuh.T), frames, rows, u_prev, k, seed, v_neg_given,
-        want_grads, min(n, 4 * threads), dbv, dense, ph_data, ph_neg, v_data, v_neg, du_bias, gap, monitor,
-    )
-    if want_grads:
-        du0 = np.empty((B, n_u), np.float32)
-        da = dense[:, n_h:]
-        WuuT = np.ascontiguousarray(Wuu.T)
-        if B > 1:
-            _bptt_parallel(WuuT, u_cur, du_bias, offsets, da, du0)
-        else:
-            _bptt_serial(WuuT, u_cur, du_bias, offsets, da, du0)
-        _parameter_gradients(
-            u_prev, np.ascontiguousarray(u_prev.T), dbv, dense, ph_data, ph_neg, v_data, v_neg, du0, 4 * threads,
-            gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0,
-        )
-    return gap.sum(), monitor.sum(), n
+        _bptt_serial(WuuT, u_cur, du_bias, offsets, da, du0)
+    _parameter_gradients(u_prev, np.ascontiguousarray(u_prev.T), dbias, dense, ph_data, ph_neg, v_data, v_neg, du0,
+                         4 * threads, gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0)
 
 
 # -- Gibbs chains alone -------------------------------------------------------------------
@@ -906,7 +902,9 @@ def _generate(W, Wt, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u_start, k, seed, out):
 # The kernels take numpy arrays only; the parameters come in the order of
 # RNNRBM.PARAMETERS (W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u0), then their gradients.
 
-cd = _cd
+cd_recurrence = _cd_recurrence
+cd_chains = _cd_chains
+cd_gradients = _cd_gradients
 ais = _ais
 rnn_serial = _rnn_serial
 generate_rows = _generate

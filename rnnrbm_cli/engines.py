@@ -315,13 +315,23 @@ def numba_cd(model, frames, starts, lengths, k, generator=None, v_neg=None, want
     kernels = _kernels()
     seed = _seed(generator)
     arrays = _arrays(model, grads=want_grads)
-    if not want_grads:
-        arrays = arrays + [np.empty_like(a) for a in arrays]
+    W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u0 = arrays[:9]
     given = kernels.NO_SAMPLES if v_neg is None else np.ascontiguousarray(v_neg, np.float32)
-    gap, monitor, n = kernels.cd(
-        *arrays[:9], frames, starts, lengths, k, seed, want_grads, given, kernels.numba.get_num_threads(), *arrays[9:],
-    )
-    return gap / n, monitor / n, int(n)
+    threads = kernels.numba.get_num_threads()
+    rows, offsets, u_prev, u_cur = kernels.cd_recurrence(Wvu, Wuu, bu, u0, frames, starts, lengths)
+    # The products with every frame's u(t-1) go to torch (MKL; see cpu_kernels' training
+    # section): [bv(t) | bh(t)] = [bv | bh] + u(t-1) [Wuv | Wuh], the hidden part padded.
+    W_cat = torch.from_numpy(np.concatenate([Wuv, kernels.pad_hidden(Wuh)], axis=1))
+    b_cat = torch.from_numpy(np.concatenate([bv, kernels.pad_hidden(bh.reshape(1, -1))[0]]))
+    u_prev_t = torch.from_numpy(u_prev)
+    bias = torch.addmm(b_cat, u_prev_t, W_cat).numpy()
+    dbias, ph_data, ph_neg, v_data, v_neg, gap, monitor = kernels.cd_chains(W, bias, frames, rows, k, seed, given, threads)
+    n = len(rows)
+    if want_grads:
+        du_bias = torch.mm(torch.from_numpy(dbias), W_cat.T).numpy()  # dcost/du(t-1) through bv(t), bh(t)
+        kernels.cd_gradients(Wuu, u_prev, u_cur, offsets, dbias, du_bias, ph_data, ph_neg, v_data, v_neg, threads,
+                             *arrays[9:])
+    return gap / n, monitor / n, n
 
 
 class NumbaCD:
@@ -344,7 +354,9 @@ class NumbaCD:
         return float(monitor)
 
     def compile_message(self) -> str | None:
-        return COMPILE_MESSAGE if _compiled_before(_kernels().cd) is False else None
+        kernels = _kernels()
+        compiled = _compiled_before(kernels.cd_recurrence, kernels.cd_chains, kernels.cd_gradients)
+        return COMPILE_MESSAGE if compiled is False else None
 
     def warm_up(self) -> None:
         """Compile (or load) the kernel on one chunk, with a throwaway generator: the run's
