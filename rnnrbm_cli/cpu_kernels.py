@@ -4,13 +4,14 @@ The same mathematics as :meth:`RNNRBM.cd_cost` followed by ``backward()``, and a
 :meth:`RNNRBM.generate`, written for a CPU with no torch op in the hot loop:
 
 - binary frames are sparse (about 4 of 88 keys), so ``v W`` is the sum of the rows of W
-  for the keys that are on, and ``h W^T`` the sum of the rows of W^T for the hidden
-  units that are on;
+  for the keys that are on; ``h W^T`` is read from a table of the sums of every subset of
+  8 consecutive rows of W^T, one row per byte of the hidden sample (:func:`_subset_sums`);
 - the Gibbs chains of different frames are independent for all k steps (their biases
   bv(t), bh(t) are fixed during the chain), so frames run in parallel with no
   synchronisation between steps;
-- the CD gradient is written in closed form (see :func:`_cd`), then back-propagated
-  through time into the RNN, so no autograd graph is built;
+- the CD gradient is written in closed form (see :func:`_cd_gradients`), then
+  back-propagated through time into the RNN, so no autograd graph is built; the products
+  with every frame's RNN state are matrix products, which engines.py hands to torch;
 - random numbers come from a counter-based generator (SplitMix64: a 64-bit counter
   through a bijective mixer), one stream per frame (training), per row (Gibbs chains) or
   per sequence (generation), keyed by a 64-bit seed that each call draws from the
@@ -301,9 +302,72 @@ def _sample(x, u, on, idx, n):
     u < sigmoid(x) is tested as u (1 + exp(-x)) < 1, which needs no division. That loop
     vectorises; the compaction after it cannot.
     """
+    _draw(x, u, on)
+    return _compact(on[:n], idx)
+
+
+@_inline
+def _draw(x, u, on):
+    """on = a Bernoulli(sigmoid(x)) sample drawn with the uniforms u, as _sample (no compaction)."""
     for j in range(x.shape[0]):
         on[j] = u[j] * (_ONE + _exp(-x[j])) < _ONE
-    return _compact(on[:n], idx)
+
+
+# -- h W^T by table ------------------------------------------------------------------------
+#
+# A hidden sample has about 40% of its units on, so h W^T summed row by row reads ~60 of
+# 150 rows of W^T after a compaction that cannot vectorise. With the sums of every subset
+# of 8 consecutive rows precomputed (256 per byte of the sample: 1.7 MB for 150 x 88,
+# built in ~50 us), it is one row per 8 hidden units, indexed by the sample's bytes read as
+# bits: 19 rows for 150 units, and no compaction. Measured on one frame's chain: 740 -> 530
+# ns per Gibbs step at 150 hidden units, 1430 -> 920 at 200.
+
+_TABLE_BITS = 8  # hidden units per table row group: one 64-bit word of 0/1 bytes
+_BYTE_LOW_BITS = _u64(0x0101010101010101)
+_GATHER_BITS = _u64(0x0102040810204080)  # times the low bits above: byte l's bit to bit 56 + l
+_S56 = _u64(56)
+
+
+@_parallel
+def _subset_sums(Wt):
+    """The table of W^T's subset sums: T[256 q + m] = the sum of the rows 8 q + l of Wt
+    (n_hidden, n_visible) for the bits l set in m (rows past n_hidden count as zero), built
+    by doubling: the subsets with bit b set are those without it plus row 8 q + b.
+    Returns (256 ceil(n_hidden / 8), n_visible) float32."""
+    n_h, n_v = Wt.shape
+    size = 1 << _TABLE_BITS
+    groups = (n_h + _TABLE_BITS - 1) // _TABLE_BITS
+    T = np.empty((groups * size, n_v), np.float32)
+    for q in prange(groups):
+        base = q * size
+        for i in range(n_v):
+            T[base, i] = _ZERO
+        for b in range(_TABLE_BITS):
+            j = q * _TABLE_BITS + b
+            half = 1 << b
+            for m in range(half):
+                dst, src = T[base + half + m], T[base + m]
+                if j < n_h:
+                    row = Wt[j]
+                    for i in range(n_v):
+                        dst[i] = src[i] + row[i]
+                else:
+                    for i in range(n_v):
+                        dst[i] = src[i]
+    return T
+
+
+@_inline
+def _add_subset_sums(out, T, on, idx):
+    """out += h W^T for the 0/1 sample h given by ``on`` (bool, the padded hidden axis:
+    8 units per table group), with T = _subset_sums(W^T). idx: scratch, one place per group.
+    Padding units may be on: their rows in T are zero."""
+    words = on.view(np.uint64)
+    groups = T.shape[0] >> _TABLE_BITS
+    for q in range(groups):
+        bits = ((words[q] & _BYTE_LOW_BITS) * _GATHER_BITS) >> _S56
+        idx[q] = (q << _TABLE_BITS) + np.int64(bits)
+    _add_rows(out, T, idx, groups)
 
 
 @_inline
@@ -317,21 +381,22 @@ def _sigmoid_softplus_sum(x, p, work):
 
 
 @_inline
-def _gibbs(k, W, Wt, bv_t, bh_t, v_idx, n_v_on, xh, xv, h_on, v_on, h_idx, rand, counter):
+def _gibbs(k, W, T, bv_t, bh_t, v_idx, n_v_on, xh, xv, h_on, v_on, h_idx, rand, counter):
     """k steps of block Gibbs sampling v -> h -> v in the RBM with biases bv_t, bh_t,
     from the binary v whose keys v_idx[:n_v_on] are on.
 
     W (n_visible, n_hidden padded) and bh_t, xh, h_on (n_hidden padded) have their hidden
-    axis padded to whole vectors; Wt = W^T is not padded. Leaves the last v in v_on and
-    v_idx; returns (keys on, counter).
+    axis padded (_pad_hidden); T = _subset_sums(W^T); h_idx has a place per group of T.
+    Leaves the last v in v_on and v_idx; returns (keys on, counter).
     """
     n_v, n_hp = W.shape
-    n_h = Wt.shape[0]
     for step in range(k):
         _bias_plus_rows(xh, bh_t, W, v_idx, n_v_on)
         counter = _uniforms(rand, n_hp + n_v, counter)
-        n_h_on = _sample(xh, rand[:n_hp], h_on, h_idx, n_h)
-        _bias_plus_rows(xv, bv_t, Wt, h_idx, n_h_on)
+        _draw(xh, rand[:n_hp], h_on)
+        for i in range(n_v):
+            xv[i] = bv_t[i]
+        _add_subset_sums(xv, T, h_on, h_idx)
         n_v_on = _sample(xv, rand[n_hp : n_hp + n_v], v_on, v_idx, n_v)
     return n_v_on, counter
 
@@ -428,14 +493,14 @@ def _bptt_parallel(WuuT, u_cur, du_bias, offsets, da, du0):
 
 # -- training: CD-k over a set of chunks -------------------------------------------------
 #
-# One CD update is three kernels with two dense products between them, which engines.py
-# hands to torch (MKL on both cores): every frame's biases [bv(t) | bh(t)] = [bv | bh] +
-# u(t-1) [Wuv | Wuh], and what they send back to u(t-1), [dbv(t) | dbh(t)] [Wuv | Wuh]^T.
-# Done one frame at a time inside the chains, each of those products streamed its matrix
-# from L2 for every frame (2.5 us of thread time per frame, against 0.3 for the two matrix
-# products). Their inner dimension is a layer's width, so MKL splits rows, not sums, and
-# the results do not depend on the thread count; the sums over frames below stay here, in
-# a fixed order.
+# One CD update is three kernels with the dense products between them in torch (MKL on
+# both cores; engines.numba_cd): every frame's biases [bv(t) | bh(t)] = [bv | bh] +
+# u(t-1) [Wuv | Wuh], what they send back to u(t-1), [dbv(t) | dbh(t)] [Wuv | Wuh]^T, and
+# the sums over frames u(t-1)^T [dbh(t) | da(t)] for Wuh and Wuu. Done one frame at a time
+# here, each streamed its matrix from L2 for every frame (2.5 us of thread time per frame
+# for the first two, against 0.3 as matrix products). The first two sum over a layer's
+# width, which MKL does not split between threads; the third is summed over fixed tiles of
+# frames, so that no result depends on the thread count.
 #
 # Parallel loops run over ``blocks`` contiguous ranges of frames or tasks (a few per
 # thread), each allocating its scratch once: allocating per frame or per task costs more
@@ -475,12 +540,12 @@ def _cd_recurrence(Wvu, Wuu, bu, u0, frames, starts, lengths):
 
 
 @_parallel
-def _chains(W, Wt, bias, frames, rows, k, seed, v_neg_given, blocks,
+def _chains(W, T, bias, frames, rows, k, seed, v_neg_given, blocks,
             dbias, ph_data, ph_neg, v_data, v_neg, gap, monitor):
     """Every frame's CD-k chain and what the gradient needs from it; frames are independent.
 
     Frame g has data v = frames[rows[g]] and biases bias[g] = [bv(t) | bh(t)] (the hidden
-    part padded, as W's hidden axis is: _pad_hidden; Wt = W^T is not padded); its chain
+    part padded, as W's hidden axis is: _pad_hidden; T = _subset_sums(W^T)); its chain
     starts at v and ends at v~ (or v~ = v_neg_given[g]). With n frames in all,
     ph = sigmoid(v W + bh(t)) and ph~ = sigmoid(v~ W + bh(t)), writes:
     gap[g] = F(v) - F(v~); monitor[g] = log p(v | h) with h ~ p(h | v~), the tutorial's
@@ -490,7 +555,7 @@ def _chains(W, Wt, bias, frames, rows, k, seed, v_neg_given, blocks,
     """
     n = rows.shape[0]
     n_v, n_hp = W.shape
-    n_h = Wt.shape[0]
+    n_h = ph_data.shape[1]
     inv_n = _ONE / _f32(n)
     given = v_neg_given.shape[0] > 0
     for block in prange(blocks):
@@ -502,7 +567,7 @@ def _chains(W, Wt, bias, frames, rows, k, seed, v_neg_given, blocks,
         work = np.empty(max(n_h, n_v), np.float32)
         h_on = np.empty(n_hp, np.bool_)
         v_on = np.empty(n_v, np.bool_)
-        h_idx = np.empty(n_h, np.int64)
+        h_idx = np.empty(T.shape[0] >> _TABLE_BITS, np.int64)
         v_idx = np.empty(n_v, np.int64)
         rand = np.empty(_n_uniforms(n_hp + n_v), np.float32)
         lo, hi = _block_range(block, blocks, n)
@@ -528,7 +593,7 @@ def _chains(W, Wt, bias, frames, rows, k, seed, v_neg_given, blocks,
                 for i in range(n_v):
                     v_on[i] = v_neg_given[g, i] > _HALF
             else:
-                n_v_on, counter = _gibbs(k, W, Wt, bv_t, bh_t, v_idx, n_v_on, xh, xv, h_on, v_on, h_idx, rand, counter)
+                n_v_on, counter = _gibbs(k, W, T, bv_t, bh_t, v_idx, n_v_on, xh, xv, h_on, v_on, h_idx, rand, counter)
 
             # F(v~) and ph~ for the chain's last v
             _bias_plus_rows(xh, bh_t, W, v_idx, n_v_on)
@@ -551,8 +616,9 @@ def _chains(W, Wt, bias, frames, rows, k, seed, v_neg_given, blocks,
             counter = _uniforms(rand, n_h, counter)
             for j in range(n_h):
                 h_on[j] = rand[j] < ph[j]
-            n_h_on = _compact(h_on[:n_h], h_idx)
-            _bias_plus_rows(xv, bv_t, Wt, h_idx, n_h_on)
+            for i in range(n_v):
+                xv[i] = bv_t[i]
+            _add_subset_sums(xv, T, h_on, h_idx)  # the padding of h_on: stale, but its rows in T are zero
             for i in range(n_v):
                 work[i] = frame[i] * xv[i] - _softplus(xv[i])
             monitor[g] = _sum(work[:n_v])
@@ -571,7 +637,8 @@ def _cd_chains(W, bias, frames, rows, k, seed, v_neg_given, threads):
     v_neg = np.empty((n, n_v), np.bool_)
     gap = np.empty(n, np.float64)
     monitor = np.empty(n, np.float64)
-    _chains(_pad_hidden(W), np.ascontiguousarray(W.T), bias, frames, rows, k, seed, v_neg_given, max(1, min(n, 4 * threads)),
+    _chains(_pad_hidden(W), _subset_sums(np.ascontiguousarray(W.T)), bias, frames, rows, k, seed, v_neg_given,
+            max(1, min(n, 4 * threads)),
             dbias, ph_data, ph_neg, v_data, v_neg, gap, monitor)
     return dbias, ph_data, ph_neg, v_data, v_neg, gap.sum(), monitor.sum()
 
@@ -599,44 +666,25 @@ def _frames_by_key(on):
     return start, index
 
 
-_FRAME_TILE = 64  # frames per pass of the dense gradient sums: keeps the rows read in cache
-
-
 @_parallel
-def _parameter_gradients(u_prev, u_prevT, dbias, dense, ph_data, ph_neg, v_data, v_neg, du0, blocks,
-                         gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0):
-    """Sums over frames into the parameter gradients.
+def _sparse_gradients(u_prev, dbias, dense, ph_data, ph_neg, v_data, v_neg, du0, blocks,
+                      gW, gbv, gbh, gWuv, gWvu, gbu, gu0):
+    """The parameter gradients that are sums over the keys on, and the bias gradients.
 
-    Per frame g (see _chains and _bptt_chunk): u_prev[g] = u(t-1) (u_prevT its
-    transpose), dbias[g] = [dcost/dbv(t) | dcost/dbh(t)] (dbv(t) nonzero where v~ and v
-    differ), dense[g] = [dcost/dbh(t) | da(t)], v_data[g] and v_neg[g] the keys on in v and
-    v~. Block b of the parallel loop takes every blocks-th row of the RNN matrices and
-    every blocks-th key.
+    Per frame g (see _chains and _bptt_chunk): u_prev[g] = u(t-1), dbias[g] =
+    [dcost/dbv(t) | dcost/dbh(t)] (dbv(t) nonzero where v~ and v differ), dense[g] =
+    [dcost/dbh(t) | da(t)], v_data[g] and v_neg[g] the keys on in v and v~. Block b of the
+    parallel loop takes every blocks-th key. (dWuh, dWuu = sum_t u(t-1)^T dense(t): engines.py.)
     """
     n = u_prev.shape[0]
     n_v, n_h = gW.shape
-    n_u = gWuu.shape[0]
+    n_u = u_prev.shape[1]
     inv_n = _ONE / _f32(n)
     da = dense[:, n_h:]
     data_start, data_frames = _frames_by_key(v_data)
     neg_start, neg_frames = _frames_by_key(v_neg)
     for block in prange(blocks):
-        # bh(t) = bh + u(t-1) Wuh and u(t) = tanh(bu + u(t-1) Wuu + ...): dense sums
-        n_rows = (n_u - block + blocks - 1) // blocks
-        acc = np.zeros((max(n_rows, 0), n_h + n_u), np.float32)
-        for f0 in range(0, n, _FRAME_TILE):
-            f1 = min(n, f0 + _FRAME_TILE)
-            for a in range(n_rows):
-                r = block + a * blocks
-                _add_vec_mat(acc[a], u_prevT[r, f0:f1], dense[f0:f1])
-        for a in range(n_rows):
-            r = block + a * blocks
-            for j in range(n_h):
-                gWuh[r, j] = acc[a, j]
-            for j in range(n_u):
-                gWuu[r, j] = acc[a, n_h + j]
-
-        # W through both free energies, Wvu through u(t), Wuv through bv(t): sparse sums
+        # W through both free energies, Wvu through u(t), Wuv through bv(t)
         pos = np.empty(max(n_h, n_u), np.float32)
         neg = np.empty(n_u, np.float32)
         for i in range(block, n_v, blocks):
@@ -670,17 +718,19 @@ def _parameter_gradients(u_prev, u_prevT, dbias, dense, ph_data, ph_neg, v_data,
 
 @_serial
 def _cd_gradients(Wuu, u_prev, u_cur, offsets, dbias, du_bias, ph_data, ph_neg, v_data, v_neg, threads,
-                  gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0):
+                  gW, gbv, gbh, gWuv, gWvu, gbu, gu0):
     """Back-propagation through time from du_bias[g] = dcost/du(t-1) through bv(t), bh(t)
-    (= dbias[g] [Wuv | Wuh]^T), then the gradient of every parameter into g*.
+    (= dbias[g] [Wuv | Wuh]^T), then the gradients into g*, all but dWuh and dWuu.
 
     u(t) = tanh(bu + u(t-1) Wuu + v(t) Wvu) carries du_bias into Wuu, Wvu, bu and u(0);
     bv(t) = bv + u(t-1) Wuv and bh(t) = bh + u(t-1) Wuh carry dbias into bv, bh, Wuv, Wuh.
+    Returns dense (n, n_hidden + n_recurrent) = [dcost/dbh(t) | da(t)], da(t) = dcost/d(bu +
+    u(t-1) Wuu + v(t) Wvu): [dWuh | dWuu] = sum_t u(t-1)^T dense(t).
     """
     n, n_u = u_prev.shape
     n_v, n_h = gW.shape
     B = offsets.shape[0] - 1
-    dense = np.empty((n, n_h + n_u), np.float32)  # [dbh(t) | da(t)]: the dense sums with u(t-1)
+    dense = np.empty((n, n_h + n_u), np.float32)
     for g in range(n):
         for j in range(n_h):
             dense[g, j] = dbias[g, n_v + j]
@@ -691,26 +741,27 @@ def _cd_gradients(Wuu, u_prev, u_cur, offsets, dbias, du_bias, ph_data, ph_neg, 
         _bptt_parallel(WuuT, u_cur, du_bias, offsets, da, du0)
     else:
         _bptt_serial(WuuT, u_cur, du_bias, offsets, da, du0)
-    _parameter_gradients(u_prev, np.ascontiguousarray(u_prev.T), dbias, dense, ph_data, ph_neg, v_data, v_neg, du0,
-                         4 * threads, gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0)
+    _sparse_gradients(u_prev, dbias, dense, ph_data, ph_neg, v_data, v_neg, du0, 4 * threads,
+                      gW, gbv, gbh, gWuv, gWvu, gbu, gu0)
+    return dense
 
 
 # -- Gibbs chains alone -------------------------------------------------------------------
 
 
 @_parallel
-def _gibbs_rows(W, Wt, bv, bh, v, k, seed, blocks, out):
+def _gibbs_rows(W, T, bv, bh, v, k, seed, blocks, out):
     """out[r] = the last v of a k-step Gibbs chain from v[r] in the RBM with biases bv[r],
-    bh[r]; rows are independent. W and bh have their hidden axis padded (_pad_hidden)."""
+    bh[r]; rows are independent. W and bh have their hidden axis padded (_pad_hidden);
+    T = _subset_sums(W^T)."""
     n, n_v = v.shape
     n_hp = W.shape[1]
-    n_h = Wt.shape[0]
     for block in prange(blocks):
         xh = np.empty(n_hp, np.float32)
         xv = np.empty(n_v, np.float32)
         h_on = np.empty(n_hp, np.bool_)
         v_on = np.empty(n_v, np.bool_)
-        h_idx = np.empty(n_h, np.int64)
+        h_idx = np.empty(T.shape[0] >> _TABLE_BITS, np.int64)
         v_idx = np.empty(n_v, np.int64)
         rand = np.empty(_n_uniforms(n_hp + n_v), np.float32)
         lo, hi = _block_range(block, blocks, n)
@@ -718,7 +769,7 @@ def _gibbs_rows(W, Wt, bv, bh, v, k, seed, blocks, out):
             n_v_on = _active(v[r], v_idx)
             for i in range(n_v):
                 v_on[i] = v[r, i] > _HALF
-            n_v_on, _ = _gibbs(k, W, Wt, bv[r], bh[r], v_idx, n_v_on, xh, xv, h_on, v_on, h_idx, rand, _stream_start(seed, r))
+            n_v_on, _ = _gibbs(k, W, T, bv[r], bh[r], v_idx, n_v_on, xh, xv, h_on, v_on, h_idx, rand, _stream_start(seed, r))
             for i in range(n_v):
                 out[r, i] = v_on[i]
 
@@ -778,27 +829,26 @@ def _ais_increment(pre, x1, e1, x0, e0, work, c, W, a, b, v_idx, n_v_on, n_h, sc
 
 
 @_inline
-def _tempered_gibbs(x, e, beta, a, b, Wt, xv, h_on, v_on, h_idx, v_idx, n_h, rand, counter):
+def _tempered_gibbs(x, e, beta, a, b, T, xv, h_on, v_on, h_idx, v_idx, rand, counter):
     """One block Gibbs step at inverse temperature beta from the v whose hidden
     pre-activations at beta are x, with e = exp(-|x|) (_tempered). Leaves the new v in
-    v_on, v_idx; returns (keys on, counter)."""
+    v_on, v_idx; returns (keys on, counter). T = _subset_sums(W^T)."""
     n_hp = x.shape[0]
     n_v = xv.shape[0]
     counter = _uniforms(rand, n_hp + n_v, counter)
     # u < sigmoid(x) as u (1 + e) < 1 for x >= 0 and < e for x < 0: no division, no new exp
     for j in range(n_hp):
         h_on[j] = rand[j] * (_ONE + e[j]) < (e[j] if x[j] < _ZERO else _ONE)
-    n_h_on = _compact(h_on[:n_h], h_idx)
     for i in range(n_v):
         xv[i] = _ZERO
-    _add_rows(xv, Wt, h_idx, n_h_on)
+    _add_subset_sums(xv, T, h_on, h_idx)
     for i in range(n_v):
         xv[i] = (_ONE - beta) * a[i] + beta * (b[i] + xv[i])
     return _sample(xv, rand[n_hp : n_hp + n_v], v_on, v_idx, n_v), counter
 
 
 @_parallel
-def _ais(W, Wt, base, bv, bh, schedule, chains, seed, blocks, start, log_w):
+def _ais(W, T, n_h, base, bv, bh, schedule, chains, seed, blocks, start, log_w):
     """log_w[f, c] = the log-weight of annealing run c of frame f, on the path of
     evaluate.ais_log_partition: with the hidden units summed out,
 
@@ -811,12 +861,11 @@ def _ais(W, Wt, base, bv, bh, schedule, chains, seed, blocks, start, log_w):
     then adds f_k(v) - f_{k-1}(v) at the new v (model.raise_log_weights).
     Runs are independent: frames in parallel, each run its own random stream
     (f * chains + c), so results do not depend on the thread count.
-    W and bh have their hidden axis padded (_pad_hidden); Wt = W^T is not. schedule is
-    float64; log_w is float64 (N, chains).
+    W and bh have their hidden axis padded (_pad_hidden) from n_h units; T = _subset_sums(W^T).
+    schedule is float64; log_w is float64 (N, chains).
     """
     N, n_v = bv.shape
     n_hp = W.shape[1]
-    n_h = Wt.shape[0]
     K = schedule.shape[0] - 1
     reverse = start.shape[0] > 0
     for block in prange(blocks):
@@ -829,7 +878,7 @@ def _ais(W, Wt, base, bv, bh, schedule, chains, seed, blocks, start, log_w):
         work = np.empty(n_hp, np.float32)
         h_on = np.empty(n_hp, np.bool_)
         v_on = np.empty(n_v, np.bool_)
-        h_idx = np.empty(n_h, np.int64)
+        h_idx = np.empty(T.shape[0] >> _TABLE_BITS, np.int64)
         v_idx = np.empty(n_v, np.int64)
         rand = np.empty(_n_uniforms(n_hp + n_v), np.float32)
         lo, hi = _block_range(block, blocks, N)
@@ -843,8 +892,8 @@ def _ais(W, Wt, base, bv, bh, schedule, chains, seed, blocks, start, log_w):
                     _bias_plus_rows(pre, c, W, v_idx, n_v_on)
                     _tempered(x0, e0, _f32(schedule[K]), pre)
                     for k in range(K, 0, -1):
-                        n_v_on, counter = _tempered_gibbs(x0, e0, _f32(schedule[k]), a, b, Wt, xv, h_on, v_on, h_idx,
-                                                          v_idx, n_h, rand, counter)
+                        n_v_on, counter = _tempered_gibbs(x0, e0, _f32(schedule[k]), a, b, T, xv, h_on, v_on, h_idx,
+                                                          v_idx, rand, counter)
                         lw += _ais_increment(pre, x1, e1, x0, e0, work, c, W, a, b, v_idx, n_v_on, n_h, schedule, k)
                 else:
                     counter = _uniforms(rand, n_v, counter)
@@ -852,8 +901,8 @@ def _ais(W, Wt, base, bv, bh, schedule, chains, seed, blocks, start, log_w):
                     for k in range(1, K + 1):
                         lw += _ais_increment(pre, x1, e1, x0, e0, work, c, W, a, b, v_idx, n_v_on, n_h, schedule, k)
                         if k < K:
-                            n_v_on, counter = _tempered_gibbs(x1, e1, _f32(schedule[k]), a, b, Wt, xv, h_on, v_on,
-                                                              h_idx, v_idx, n_h, rand, counter)
+                            n_v_on, counter = _tempered_gibbs(x1, e1, _f32(schedule[k]), a, b, T, xv, h_on, v_on,
+                                                              h_idx, v_idx, rand, counter)
                 log_w[f, run] = lw
 
 
@@ -861,15 +910,14 @@ def _ais(W, Wt, base, bv, bh, schedule, chains, seed, blocks, start, log_w):
 
 
 @_parallel
-def _generate(W, Wt, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u_start, k, seed, out):
+def _generate(W, T, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u_start, k, seed, out):
     """Sample out[s] (steps, n_v) for every sequence s, one frame at a time, from the
     RNN state u_start[s]: each frame from a fresh k-step Gibbs chain started at zeros in
     the RBM given the history, then fed back into the RNN. Sequences run in parallel.
-    W, bh and Wuh have their hidden axis padded (_pad_hidden); Wt = W^T is not.
+    W, bh and Wuh have their hidden axis padded (_pad_hidden); T = _subset_sums(W^T).
     """
     n, steps, n_v = out.shape
     n_hp = W.shape[1]
-    n_h = Wt.shape[0]
     n_u = Wuu.shape[0]
     for s in prange(n):
         u = u_start[s].copy()
@@ -880,7 +928,7 @@ def _generate(W, Wt, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u_start, k, seed, out):
         xv = np.empty(n_v, np.float32)
         h_on = np.empty(n_hp, np.bool_)
         v_on = np.empty(n_v, np.bool_)
-        h_idx = np.empty(n_h, np.int64)
+        h_idx = np.empty(T.shape[0] >> _TABLE_BITS, np.int64)
         v_idx = np.empty(n_v, np.int64)
         rand = np.empty(_n_uniforms(n_hp + n_v), np.float32)
         counter = _stream_start(seed, s)
@@ -890,7 +938,7 @@ def _generate(W, Wt, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u_start, k, seed, out):
             _add_vec_mat(bv_t, u, Wuv)
             _add_vec_mat(bh_t, u, Wuh)
             v_on[:] = False
-            n_v_on, counter = _gibbs(k, W, Wt, bv_t, bh_t, v_idx, 0, xh, xv, h_on, v_on, h_idx, rand, counter)
+            n_v_on, counter = _gibbs(k, W, T, bv_t, bh_t, v_idx, 0, xh, xv, h_on, v_on, h_idx, rand, counter)
             for i in range(n_v):
                 out[s, t, i] = v_on[i]
             _rnn_step(u_next, u, bu, Wuu, Wvu, v_idx, n_v_on)
@@ -910,4 +958,5 @@ rnn_serial = _rnn_serial
 generate_rows = _generate
 gibbs_rows = _gibbs_rows
 pad_hidden = _pad_hidden
+subset_sums = _subset_sums
 NO_SAMPLES = np.zeros((0, 1), np.float32)  # "no negative samples given" for cd, "no start frames" for ais

@@ -328,10 +328,38 @@ def numba_cd(model, frames, starts, lengths, k, generator=None, v_neg=None, want
     dbias, ph_data, ph_neg, v_data, v_neg, gap, monitor = kernels.cd_chains(W, bias, frames, rows, k, seed, given, threads)
     n = len(rows)
     if want_grads:
+        gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0 = arrays[9:]
         du_bias = torch.mm(torch.from_numpy(dbias), W_cat.T).numpy()  # dcost/du(t-1) through bv(t), bh(t)
-        kernels.cd_gradients(Wuu, u_prev, u_cur, offsets, dbias, du_bias, ph_data, ph_neg, v_data, v_neg, threads,
-                             *arrays[9:])
+        dense = kernels.cd_gradients(Wuu, u_prev, u_cur, offsets, dbias, du_bias, ph_data, ph_neg, v_data, v_neg,
+                                     threads, gW, gbv, gbh, gWuv, gWvu, gbu, gu0)
+        sums = _frame_sums(u_prev_t, torch.from_numpy(dense)).numpy()  # [dWuh | dWuu]
+        n_h = gWuh.shape[1]
+        gWuh[...] = sums[:, :n_h]
+        gWuu[...] = sums[:, n_h:]
     return gap / n, monitor / n, n
+
+
+_FRAME_TILE = 128  # frames per product in _frame_sums
+
+
+def _frame_sums(a: Tensor, b: Tensor) -> Tensor:
+    """a^T b = sum over frames g of a[g]^T b[g], for a (n, p) and b (n, q): one matrix product
+    per tile of _FRAME_TILE frames, the tiles' products then added in order. One product
+    over all n frames would let MKL split the sum between threads, and its result would
+    then depend on the thread count (seen: 1 vs 2 threads differ in the last bits)."""
+    n = a.shape[0]
+    if n <= _FRAME_TILE:
+        return a.T @ b
+    full = n - n % _FRAME_TILE
+    total = torch.zeros(a.shape[1], b.shape[1])
+    if full:
+        tiles = full // _FRAME_TILE
+        a_t = a[:full].reshape(tiles, _FRAME_TILE, -1)
+        b_t = b[:full].reshape(tiles, _FRAME_TILE, -1)
+        total += torch.bmm(a_t.transpose(1, 2), b_t).sum(0)
+    if full < n:
+        total += a[full:].T @ b[full:]
+    return total
 
 
 class NumbaCD:
@@ -378,6 +406,7 @@ class NumbaSampler:
         when numba's cache holds them (or cannot tell)."""
         kernels = _kernels()
         used = (kernels.generate_rows, kernels.rnn_serial) if job == "sample" else (kernels.gibbs_rows, kernels.ais)
+        used += (kernels.subset_sums,)
         return COMPILE_MESSAGE if _compiled_before(*used) is False else None
 
     def generate(self, n, steps, k, primer=None, generator=None) -> Tensor:
@@ -404,7 +433,8 @@ class NumbaSampler:
         u_start = np.ascontiguousarray(np.broadcast_to(u, (n, n_u)))
         pad = kernels.pad_hidden
         kernels.generate_rows(
-            pad(W), np.ascontiguousarray(W.T), bv, pad(bh.reshape(1, -1))[0], pad(Wuh), Wuv, Wvu, Wuu, bu, u_start, k, seed, out,
+            pad(W), kernels.subset_sums(np.ascontiguousarray(W.T)), bv, pad(bh.reshape(1, -1))[0], pad(Wuh), Wuv, Wvu, Wuu,
+            bu, u_start, k, seed, out,
         )
         result = torch.from_numpy(out)
         if p is not None:
@@ -426,8 +456,8 @@ class NumbaSampler:
         out = np.empty((n, n_v), np.float32)
         blocks = max(1, min(n, 4 * kernels.numba.get_num_threads()))
         kernels.gibbs_rows(
-            kernels.pad_hidden(W_np), np.ascontiguousarray(W_np.T), bv_np, kernels.pad_hidden(bh_np), v_np, k,
-            _seed(generator), blocks, out,
+            kernels.pad_hidden(W_np), kernels.subset_sums(np.ascontiguousarray(W_np.T)), bv_np, kernels.pad_hidden(bh_np),
+            v_np, k, _seed(generator), blocks, out,
         )
         return torch.from_numpy(out).reshape(shape)
 
@@ -450,8 +480,9 @@ class NumbaSampler:
         log_w = np.empty((n, chains), np.float64)
         blocks = max(1, min(n, 4 * kernels.numba.get_num_threads()))
         kernels.ais(
-            kernels.pad_hidden(W_np), np.ascontiguousarray(W_np.T), arrays[0], arrays[1], kernels.pad_hidden(arrays[2]),
-            np.ascontiguousarray(schedule.cpu().numpy(), np.float64), chains, _seed(generator), blocks, start, log_w,
+            kernels.pad_hidden(W_np), kernels.subset_sums(np.ascontiguousarray(W_np.T)), W_np.shape[1], arrays[0],
+            arrays[1], kernels.pad_hidden(arrays[2]), np.ascontiguousarray(schedule.cpu().numpy(), np.float64), chains,
+            _seed(generator), blocks, start, log_w,
         )
         return torch.from_numpy(log_w)
 

@@ -120,6 +120,30 @@ def test_uniforms_are_the_splitmix64_sequence_written_as_a_plain_loop():
         assert int(after) == (counter + half * gamma) & mask
 
 
+@numba.njit(error_model="numpy")
+def _table_product(out, T, on):
+    idx = np.empty(T.shape[0] >> cpu_kernels._TABLE_BITS, np.int64)
+    cpu_kernels._add_subset_sums(out, T, on, idx)
+
+
+def test_hidden_products_by_subset_table_equal_the_rows_of_the_units_on():
+    # h W^T by the table of subset sums (one row per 8 hidden units) against a plain sum of
+    # the rows, for sizes that do not fill the last byte: the padding units may be on in the
+    # sample and must add nothing
+    rng = np.random.default_rng(0)
+    for n_h in (1, 8, 13, 150):
+        Wt = rng.standard_normal((n_h, 88)).astype(np.float32)
+        T = cpu_kernels.subset_sums(Wt)
+        n_hp = 8 * ((n_h + 7) // 8)
+        assert T.shape == (256 * (n_hp // 8), 88)
+        for p in (0.0, 0.1, 0.5, 1.0):
+            on = rng.random(n_hp) < p
+            out = np.full(88, 0.25, np.float32)
+            _table_product(out, T, on)
+            expected = 0.25 + Wt[on[:n_h]].astype(np.float64).sum(0)
+            np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
 # -- gradients -----------------------------------------------------------------------------
 
 
@@ -200,17 +224,21 @@ def test_monitor_is_finite_when_the_reconstruction_is_certain():
 
 
 def test_results_follow_the_torch_generator_and_not_the_thread_count():
+    # numba's threads run the chains, torch's the matrix products (whose sums over frames
+    # are tiled: one product over 1,000 frames or more differs between 1 and 2 threads)
     m = make_model(scale=0.05)
-    v = binary((200, 88), 4 / 88, seed=0).numpy()
-    starts, lens = spans([100, 60, 40])
+    v = binary((1060, 88), 4 / 88, seed=0).numpy()
+    starts, lens = spans([100] * 10 + [60])
 
     def run(seed, threads):
-        old = numba.get_num_threads()
+        old, old_torch = numba.get_num_threads(), torch.get_num_threads()
         numba.set_num_threads(threads)
+        torch.set_num_threads(threads)
         try:
             cost, monitor, _ = numba_cd(m, v, starts, lens, 5, torch.Generator().manual_seed(seed))
         finally:
             numba.set_num_threads(old)
+            torch.set_num_threads(old_torch)
         return cost, monitor, {k: p.grad.clone() for k, p in m.named_parameters()}
 
     a, b, c = run(7, numba.config.NUMBA_NUM_THREADS), run(7, 1), run(8, 1)
@@ -298,12 +326,12 @@ def test_compiled_generate_matches_the_torch_path_with_a_primer():
 
 def test_the_compile_message_looks_at_the_kernels_of_its_job(monkeypatch):
     # evaluate once said "Compiling" because generation's kernel was not cached yet
-    cached = {cpu_kernels.gibbs_rows, cpu_kernels.ais}
+    cached = {cpu_kernels.gibbs_rows, cpu_kernels.ais, cpu_kernels.subset_sums}
     monkeypatch.setattr(engines, "_compiled_before", lambda *functions: all(f in cached for f in functions))
     sampler = NumbaSampler(None)
     assert sampler.compile_message("evaluate") is None
     assert sampler.compile_message() == sampler.compile_message("sample") == engines.COMPILE_MESSAGE
-    cached = {cpu_kernels.generate_rows, cpu_kernels.rnn_serial}
+    cached = {cpu_kernels.generate_rows, cpu_kernels.rnn_serial, cpu_kernels.subset_sums}
     assert sampler.compile_message() is None and sampler.compile_message("evaluate") == engines.COMPILE_MESSAGE
 
 
