@@ -317,8 +317,8 @@ def _draw(x, u, on):
 #
 # A hidden sample has about 40% of its units on, so h W^T summed row by row reads ~60 of
 # 150 rows of W^T after a compaction that cannot vectorise. With the sums of every subset
-# of 8 consecutive rows precomputed (256 per byte of the sample: 1.7 MB for 150 x 88,
-# built in ~50 us), it is one row per 8 hidden units, indexed by the sample's bytes read as
+# of 8 consecutive rows precomputed (256 per byte of the sample, 32 floats per weight: 1.7 MB
+# for 150 x 88, built in ~50 us), it is one row per 8 hidden units, indexed by the sample's bytes read as
 # bits: 19 rows for 150 units, and no compaction. Measured on one frame's chain: 740 -> 530
 # ns per Gibbs step at 150 hidden units, 1430 -> 920 at 200.
 
@@ -357,11 +357,21 @@ def _subset_sums(Wt):
     return T
 
 
+def table_bytes(n_visible: int, n_hidden: int) -> int:
+    """The size of _subset_sums' table for W (n_visible, n_hidden): 32 floats per weight."""
+    return 4 * n_visible * (1 << _TABLE_BITS) * ((n_hidden + _TABLE_BITS - 1) // _TABLE_BITS)
+
+
+TABLE_LIMIT = 64 << 20  # larger models (n_hidden > ~5,900 for 88 keys) are left to the torch path
+
+
 @_inline
 def _add_subset_sums(out, T, on, idx):
     """out += h W^T for the 0/1 sample h given by ``on`` (bool, the padded hidden axis:
-    8 units per table group), with T = _subset_sums(W^T). idx: scratch, one place per group.
-    Padding units may be on: their rows in T are zero."""
+    exactly 8 units per group of T), with T = _subset_sums(W^T). idx: scratch, one place
+    per group. Only the low bit of each byte is read (a little-endian CPU: byte l of a
+    64-bit word is unit l of its group), and the padding units' bits select equal rows of
+    T, so the padding's bytes may hold anything."""
     words = on.view(np.uint64)
     groups = T.shape[0] >> _TABLE_BITS
     for q in range(groups):
@@ -618,7 +628,7 @@ def _chains(W, T, bias, frames, rows, k, seed, v_neg_given, blocks,
                 h_on[j] = rand[j] < ph[j]
             for i in range(n_v):
                 xv[i] = bv_t[i]
-            _add_subset_sums(xv, T, h_on, h_idx)  # the padding of h_on: stale, but its rows in T are zero
+            _add_subset_sums(xv, T, h_on, h_idx)  # h_on's padding: any bytes (see _add_subset_sums)
             for i in range(n_v):
                 work[i] = frame[i] * xv[i] - _softplus(xv[i])
             monitor[g] = _sum(work[:n_v])
@@ -959,4 +969,4 @@ generate_rows = _generate
 gibbs_rows = _gibbs_rows
 pad_hidden = _pad_hidden
 subset_sums = _subset_sums
-NO_SAMPLES = np.zeros((0, 1), np.float32)  # "no negative samples given" for cd, "no start frames" for ais
+NO_SAMPLES = np.zeros((0, 1), np.float32)  # "no negative samples given" for cd_chains, "no start frames" for ais

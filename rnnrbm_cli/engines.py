@@ -28,6 +28,7 @@ so an optimiser, a learning rate edited in ``param_groups`` or a schedule acts o
 from __future__ import annotations
 
 import os
+import sys
 import weakref
 from dataclasses import dataclass
 from typing import Protocol
@@ -125,8 +126,15 @@ def numba_problem(model: torch.nn.Module, binary: bool = True) -> str | None:
         return f"they run float32 models on the CPU only, not {first.dtype} on {first.device}"
     if not binary:
         return "the data has values other than 0 and 1"
-    if _kernels() is None:
+    kernels = _kernels()
+    if kernels is None:
         return "numba is not installed (pip install numba)"
+    if sys.byteorder != "little":
+        return "they read 0/1 bytes as bits in little-endian order"
+    size = kernels.table_bytes(model.config.n_visible, model.config.n_hidden)
+    if size > kernels.TABLE_LIMIT:
+        return (f"their table of W's subset sums would take {size / 2**20:.1f} MiB for {model.config.n_hidden} hidden "
+                f"units (at most {kernels.TABLE_LIMIT / 2**20:.0f} MiB)")
     return None
 
 
@@ -325,12 +333,13 @@ def numba_cd(model, frames, starts, lengths, k, generator=None, v_neg=None, want
     b_cat = torch.from_numpy(np.concatenate([bv, kernels.pad_hidden(bh.reshape(1, -1))[0]]))
     u_prev_t = torch.from_numpy(u_prev)
     bias = torch.addmm(b_cat, u_prev_t, W_cat).numpy()
-    dbias, ph_data, ph_neg, v_data, v_neg, gap, monitor = kernels.cd_chains(W, bias, frames, rows, k, seed, given, threads)
+    dbias, ph_data, ph_neg, on_data, on_neg, gap, monitor = kernels.cd_chains(W, bias, frames, rows, k, seed, given,
+                                                                              threads)
     n = len(rows)
     if want_grads:
         gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0 = arrays[9:]
         du_bias = torch.mm(torch.from_numpy(dbias), W_cat.T).numpy()  # dcost/du(t-1) through bv(t), bh(t)
-        dense = kernels.cd_gradients(Wuu, u_prev, u_cur, offsets, dbias, du_bias, ph_data, ph_neg, v_data, v_neg,
+        dense = kernels.cd_gradients(Wuu, u_prev, u_cur, offsets, dbias, du_bias, ph_data, ph_neg, on_data, on_neg,
                                      threads, gW, gbv, gbh, gWuv, gWvu, gbu, gu0)
         sums = _frame_sums(u_prev_t, torch.from_numpy(dense)).numpy()  # [dWuh | dWuu]
         n_h = gWuh.shape[1]
@@ -344,14 +353,15 @@ _FRAME_TILE = 128  # frames per product in _frame_sums
 
 def _frame_sums(a: Tensor, b: Tensor) -> Tensor:
     """a^T b = sum over frames g of a[g]^T b[g], for a (n, p) and b (n, q): one matrix product
-    per tile of _FRAME_TILE frames, the tiles' products then added in order. One product
-    over all n frames would let MKL split the sum between threads, and its result would
-    then depend on the thread count (seen: 1 vs 2 threads differ in the last bits)."""
+    per tile of _FRAME_TILE frames, then the tiles' products summed (torch's sum splits its
+    work over the output's elements, not over tiles). One product over all n frames lets MKL
+    split the sum between threads, and its result then depends on the thread count (seen
+    from 1,000 frames on: 1 and 2 threads differ in the last bits)."""
     n = a.shape[0]
     if n <= _FRAME_TILE:
         return a.T @ b
     full = n - n % _FRAME_TILE
-    total = torch.zeros(a.shape[1], b.shape[1])
+    total = torch.zeros(a.shape[1], b.shape[1], dtype=a.dtype)
     if full:
         tiles = full // _FRAME_TILE
         a_t = a[:full].reshape(tiles, _FRAME_TILE, -1)
@@ -387,7 +397,7 @@ class NumbaCD:
         return COMPILE_MESSAGE if compiled is False else None
 
     def warm_up(self) -> None:
-        """Compile (or load) the kernel on one chunk, with a throwaway generator: the run's
+        """Compile (or load) the kernels on one chunk, with a throwaway generator: the run's
         random streams and parameters are untouched (only .grad is written)."""
         starts, lengths = self.data.spans(torch.arange(1))
         numba_cd(self.model, self.frames, starts, lengths, 1, torch.Generator().manual_seed(0))

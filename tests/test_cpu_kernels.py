@@ -138,9 +138,10 @@ def test_hidden_products_by_subset_table_equal_the_rows_of_the_units_on():
         assert T.shape == (256 * (n_hp // 8), 88)
         for p in (0.0, 0.1, 0.5, 1.0):
             on = rng.random(n_hp) < p
+            expected = 0.25 + Wt[on[:n_h]].astype(np.float64).sum(0)
+            on.view(np.uint8)[n_h:] = rng.choice([0, 1, 2, 0xFF], n_hp - n_h)  # padding: any bytes
             out = np.full(88, 0.25, np.float32)
             _table_product(out, T, on)
-            expected = 0.25 + Wt[on[:n_h]].astype(np.float64).sum(0)
             np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -223,12 +224,14 @@ def test_monitor_is_finite_when_the_reconstruction_is_certain():
     assert np.isfinite(monitor) and monitor == pytest.approx(-200.0 * 6, rel=1e-5)
 
 
-def test_results_follow_the_torch_generator_and_not_the_thread_count():
-    # numba's threads run the chains, torch's the matrix products (whose sums over frames
-    # are tiled: one product over 1,000 frames or more differs between 1 and 2 threads)
+@pytest.mark.parametrize("lengths", [[100], [128, 128], [100] * 10 + [60]])
+def test_results_follow_the_torch_generator_and_not_the_thread_count(lengths):
+    # numba's threads run the chains, torch's the matrix products, whose sums over frames
+    # are tiled (one product over 1,000 frames or more differs between 1 and 2 threads):
+    # one chunk of the tutorial's size, whole tiles only, and tiles with a rest
     m = make_model(scale=0.05)
-    v = binary((1060, 88), 4 / 88, seed=0).numpy()
-    starts, lens = spans([100] * 10 + [60])
+    v = binary((sum(lengths), 88), 4 / 88, seed=0).numpy()
+    starts, lens = spans(lengths)
 
     def run(seed, threads):
         old, old_torch = numba.get_num_threads(), torch.get_num_threads()

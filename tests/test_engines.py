@@ -79,6 +79,15 @@ def test_unusable_or_unknown_backends_are_usage_errors():
         resolve_settings({"backend": "jax"})
 
 
+def test_a_model_whose_kernel_table_would_be_too_large_runs_on_torch():
+    # the compiled Gibbs steps keep 32 floats per weight (the subset sums of W^T): bounded
+    big = RNNRBM(ModelConfig(n_visible=88, n_hidden=8000, n_recurrent=4))
+    assert engines.resolve_backend("auto", big) == "torch"
+    with pytest.raises(RnnrbmUsageError, match=r"subset sums would take 85\.9 MiB for 8000 hidden units \(at most 64 MiB\)"):
+        engines.resolve_backend("numba", big)
+    assert engines.resolve_backend("auto", RNNRBM(ModelConfig(n_visible=88, n_hidden=5000, n_recurrent=4))) == "numba"
+
+
 def test_non_binary_data_falls_back_to_torch_or_is_refused(tmp_path):
     # Prepared files are always 0/1 (load_prepared checks); data handed over directly may not be.
     data = chunks(binary=False)
