@@ -295,15 +295,15 @@ def _compact(on, idx):
 
 
 @_inline
-def _sample(x, u, on, idx, n):
+def _sample(x, u, on, idx):
     """A Bernoulli(sigmoid(x)) sample drawn with the uniforms u: on[j], and idx[:count]
-    the units on among the first n (the rest of x is padding); returns count.
+    the units on; returns count.
 
     u < sigmoid(x) is tested as u (1 + exp(-x)) < 1, which needs no division. That loop
     vectorises; the compaction after it cannot.
     """
     _draw(x, u, on)
-    return _compact(on[:n], idx)
+    return _compact(on, idx)
 
 
 @_inline
@@ -407,7 +407,7 @@ def _gibbs(k, W, T, bv_t, bh_t, v_idx, n_v_on, xh, xv, h_on, v_on, h_idx, rand, 
         for i in range(n_v):
             xv[i] = bv_t[i]
         _add_subset_sums(xv, T, h_on, h_idx)
-        n_v_on = _sample(xv, rand[n_hp : n_hp + n_v], v_on, v_idx, n_v)
+        n_v_on = _sample(xv, rand[n_hp : n_hp + n_v], v_on, v_idx)
     return n_v_on, counter
 
 
@@ -854,7 +854,7 @@ def _tempered_gibbs(x, e, beta, a, b, T, xv, h_on, v_on, h_idx, v_idx, rand, cou
     _add_subset_sums(xv, T, h_on, h_idx)
     for i in range(n_v):
         xv[i] = (_ONE - beta) * a[i] + beta * (b[i] + xv[i])
-    return _sample(xv, rand[n_hp : n_hp + n_v], v_on, v_idx, n_v), counter
+    return _sample(xv, rand[n_hp : n_hp + n_v], v_on, v_idx), counter
 
 
 @_parallel
@@ -907,7 +907,7 @@ def _ais(W, T, n_h, base, bv, bh, schedule, chains, seed, blocks, start, log_w):
                         lw += _ais_increment(pre, x1, e1, x0, e0, work, c, W, a, b, v_idx, n_v_on, n_h, schedule, k)
                 else:
                     counter = _uniforms(rand, n_v, counter)
-                    n_v_on = _sample(a, rand[:n_v], v_on, v_idx, n_v)
+                    n_v_on = _sample(a, rand[:n_v], v_on, v_idx)
                     for k in range(1, K + 1):
                         lw += _ais_increment(pre, x1, e1, x0, e0, work, c, W, a, b, v_idx, n_v_on, n_h, schedule, k)
                         if k < K:
