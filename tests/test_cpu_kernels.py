@@ -249,6 +249,26 @@ def test_results_follow_the_torch_generator_and_not_the_thread_count(lengths):
     assert a[1] != c[1] and not torch.equal(a[2]["W"], c[2]["W"])
 
 
+def test_a_small_update_in_the_calling_thread_equals_it_on_every_thread(monkeypatch):
+    # updates of at most SERIAL_FRAMES frames run with numba and torch on one thread; with
+    # the limit lowered the same update runs on all threads, and nothing may change
+    m = make_model(scale=0.05)
+    v = binary((100, 88), 4 / 88, seed=3).numpy()
+    starts, lens = spans([100])
+    assert 100 <= engines.SERIAL_FRAMES
+
+    def run():
+        cost, monitor, _ = numba_cd(m, v, starts, lens, 5, torch.Generator().manual_seed(11))
+        return cost, monitor, {k: p.grad.clone() for k, p in m.named_parameters()}
+
+    threads = numba.get_num_threads(), torch.get_num_threads()
+    calling = run()
+    assert (numba.get_num_threads(), torch.get_num_threads()) == threads  # restored
+    monkeypatch.setattr(engines, "SERIAL_FRAMES", 0)
+    every = run()
+    assert calling[:2] == every[:2] and all(torch.equal(calling[2][k], every[2][k]) for k in calling[2])
+
+
 # -- the sampler ---------------------------------------------------------------------------
 
 
