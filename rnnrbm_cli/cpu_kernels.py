@@ -35,10 +35,12 @@ a minute on two cores) and stores the machine code in ``__pycache__`` next to th
 Parallel loops run on numba's OpenMP layer (the libgomp that torch loads, so one thread
 pool serves both), falling back to numba's own "workqueue" pool where libgomp is missing.
 Measured on the 2-core machine of 2026-12-01: an empty parallel region costs 1-2 us on
-OpenMP and ~100 us on the workqueue, and a tutorial update (two regions) 1.4 ms against
-2.2; with the CLI's OMP_WAIT_POLICY=PASSIVE and another busy process on the machine,
-OpenMP is still the faster (5.2 against 6.3 s per tutorial epoch). NUMBA_THREADING_LAYER
-chooses otherwise. The workqueue must not be entered from two Python threads at once.
+OpenMP and ~100 us on the workqueue; with the CLI's OMP_WAIT_POLICY=PASSIVE and another
+busy process on the machine, OpenMP is still the faster (5.2 against 6.3 s per tutorial
+epoch). NUMBA_THREADING_LAYER chooses otherwise. The workqueue must not be entered from
+two Python threads at once. With PASSIVE, a region whose other thread sleeps costs ~0.1 ms
+to wake it on a 2-core VM: engines.numba_cd runs updates of few frames (the tutorial's)
+in the calling thread (engines.SERIAL_FRAMES).
 """
 
 from __future__ import annotations
