@@ -27,6 +27,7 @@ so an optimiser, a learning rate edited in ``param_groups`` or a schedule acts o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import weakref
@@ -307,6 +308,32 @@ def _arrays(model: rbm.RNNRBM, grads: bool = False) -> list[np.ndarray]:
     return arrays
 
 
+# An update of at most this many frames (the tutorial's: one chunk of 100) runs in the
+# calling thread, numba's kernels and torch's products alike. Each parallel region of an
+# update (the table, the chains, three products, the sparse gradients: six) must wake the
+# other thread, ~0.1 ms on a 2-core VM where it sleeps (OMP_WAIT_POLICY=PASSIVE, the CLI's
+# setting), which is more than the second core gives on 100 frames. Measured on the 2-core
+# machine of 2026-12-02, per tutorial update (B=1, 100 frames, CD-15), two threads against
+# one: 2.3-2.8 ms against 1.9-2.1 idle, 2.0-2.9 against 1.8-2.3 beside a busy process;
+# at 200 frames the two are even and from 400 on two threads win (6.1-6.4 against 6.6-8.2).
+# The results do not depend on it: every kernel's output is the same whatever the thread
+# count (tests/test_cpu_kernels.py).
+SERIAL_FRAMES = 128
+
+
+@contextlib.contextmanager
+def _calling_thread_only(numba_module):
+    """numba's and torch's thread counts set to 1 inside, restored after."""
+    saved = numba_module.get_num_threads(), torch.get_num_threads()
+    numba_module.set_num_threads(1)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba_module.set_num_threads(saved[0])
+        torch.set_num_threads(saved[1])
+
+
 def numba_cd(model, frames, starts, lengths, k, generator=None, v_neg=None, want_grads=True):
     """The CD-k cost of chunks of ``frames`` and the tutorial's monitor, by the kernels; the
     cost's gradient goes into the parameters' ``.grad`` (overwritten, not accumulated).
@@ -321,39 +348,9 @@ def numba_cd(model, frames, starts, lengths, k, generator=None, v_neg=None, want
     Returns (cost, monitor, n_frames): cost and monitor are means over the n real frames.
     """
     kernels = _kernels()
-    if int(np.sum(lengths)) <= SERIAL_FRAMES:
-        with _calling_thread_only(kernels.numba):
-            return _numba_cd(kernels, model, frames, starts, lengths, k, generator, v_neg, want_grads)
-    return _numba_cd(kernels, model, frames, starts, lengths, k, generator, v_neg, want_grads)
-
-
-# An update of at most this many frames (the tutorial's: one chunk of 100) runs in the
-# calling thread, numba's kernels and torch's products alike. Each parallel region of an
-# update (the table, the chains, three products, the sparse gradients: six) must wake the
-# other thread, ~0.1 ms on a 2-core VM where it sleeps (OMP_WAIT_POLICY=PASSIVE, the CLI's
-# setting), which is more than the second core gives on 100 frames. Measured on the 2-core
-# machine of 2026-12-02, per tutorial update (B=1, 100 frames, CD-15), two threads against
-# one: 2.3-2.8 ms against 1.9-2.1 idle, 2.0-2.9 against 1.8-2.3 beside a busy process;
-# at 200 frames the two are even and from 400 on two threads win (6.1-6.4 against 6.6-8.2).
-# The results do not depend on it: every kernel's output is the same whatever the thread
-# count (tests/test_cpu_kernels.py).
-SERIAL_FRAMES = 128
-
-
-class _calling_thread_only:
-    """numba's and torch's thread counts set to 1 inside, restored after."""
-
-    def __init__(self, numba_module) -> None:
-        self.numba = numba_module
-
-    def __enter__(self) -> None:
-        self.saved = self.numba.get_num_threads(), torch.get_num_threads()
-        self.numba.set_num_threads(1)
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc) -> None:
-        self.numba.set_num_threads(self.saved[0])
-        torch.set_num_threads(self.saved[1])
+    small = int(np.sum(lengths)) <= SERIAL_FRAMES
+    with _calling_thread_only(kernels.numba) if small else contextlib.nullcontext():
+        return _numba_cd(kernels, model, frames, starts, lengths, k, generator, v_neg, want_grads)
 
 
 def _numba_cd(kernels, model, frames, starts, lengths, k, generator, v_neg, want_grads):
