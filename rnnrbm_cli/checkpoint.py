@@ -4,23 +4,26 @@ A checkpoint is a dict of tensors and plain Python values only, so it loads with
 ``torch.load(..., weights_only=True)``; a file that would need anything else (a pickled
 class, a function call) is refused before any of its code can run.
 
-Keys (``FORMAT`` = "rnnrbm-checkpoint", version 1):
+Keys (``FORMAT`` = "rnnrbm-checkpoint", version 2):
 
     format, version      identify the file
-    model_type           which model ("rnn-rbm"; MODELS maps it to its class; files
-                         written before it existed are rnn-rbm)
+    model_type           which model (a type of ``models.model_types()``; its record gives
+                         the class and config)
     model_config         dict: the model's config fields
     model_state          the model's state dict (tensors); in a best.pt of a run with
                          --ema, the averaged parameters
     ema_state            dict: the averaged parameters by name (--ema), or None / absent
-    settings             dict: the run's settings by section (config.Settings.sections());
-                         older files have a flat ``train_config`` instead
+    settings             dict: the run's settings by section (config.Settings.sections())
     data                 dict: the prepared data's metadata (dataset, grid, dt, beat_division, ...)
     epoch                completed epochs
     optimizer_state      the optimiser's state dict
     rng                  generator states (uint8 tensors)
     progress             mid-epoch position (None at an epoch boundary)
     metrics              the last epoch's metrics, and the best so far
+
+Version 1 files are read as version 2 after ``_upgrade_v1`` fills what they may lack (the
+model_type of files written before there were two models, in the file and in its
+model_config, and ``settings`` from the flat ``train_config`` of the oldest files).
 """
 
 from __future__ import annotations
@@ -35,20 +38,12 @@ from typing import Any
 
 import torch
 
+from rnnrbm_cli import models
 from rnnrbm_cli._io import atomic_path
 from rnnrbm_cli.errors import RnnrbmError
-from rnnrbm_cli.model import RNNRBM, ModelConfig
-from rnnrbm_cli.nade import RNNNADE
 
 FORMAT = "rnnrbm-checkpoint"
-VERSION = 1
-DEFAULT_MODEL_TYPE = "rnn-rbm"  # what a checkpoint without model_type holds
-
-# model_type -> (model class, its config dataclass). A new model adds one line here.
-MODELS: dict[str, tuple[type, type]] = {
-    "rnn-rbm": (RNNRBM, ModelConfig),
-    "rnn-nade": (RNNNADE, ModelConfig),
-}
+VERSION = 2
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
@@ -112,30 +107,48 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise RnnrbmError(f"{path} is not an rnnrbm checkpoint (a PyTorch file, but not one this tool wrote).")
+    if payload.get("version") == 1:
+        payload = _upgrade_v1(payload)
     if payload.get("version") != VERSION:
-        raise RnnrbmError(f"{path} is an rnnrbm checkpoint of version {payload.get('version')!r}; this rnnrbm reads version {VERSION}.")
+        raise RnnrbmError(f"{path} is an rnnrbm checkpoint of version {payload.get('version')!r}; this rnnrbm reads "
+                          f"versions 1 to {VERSION}.")
     for key in ("model_config", "model_state"):
         if key not in payload:
             raise RnnrbmError(f"{path} is an incomplete rnnrbm checkpoint: it has no {key!r}.")
     return payload
 
 
+def _upgrade_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 checkpoint as version 2: the files of before the RNN-NADE hold the
+    tutorial's model, named nowhere; the oldest keep their settings flat in train_config."""
+    out = {**payload, "version": VERSION}
+    out.setdefault("model_type", models.DEFAULT_MODEL_TYPE)
+    raw = out.get("model_config")
+    if isinstance(raw, dict) and "model_type" not in raw:
+        out["model_config"] = {**raw, "model_type": out["model_type"]}
+    if not isinstance(out.get("settings"), dict) and isinstance(out.get("train_config"), dict):
+        from rnnrbm_cli.config import by_section
+
+        out["settings"] = by_section(out.pop("train_config"))
+    return out
+
+
 def model_type_of(payload: dict[str, Any]) -> str:
-    """The checkpoint's model_type (rnn-rbm when it predates the field); unknown ones are errors."""
-    model_type = payload.get("model_type", DEFAULT_MODEL_TYPE)
+    """The checkpoint's model_type (the file's, else its model_config's); unknown ones are errors."""
+    raw = payload.get("model_config")
+    model_type = payload.get("model_type", raw.get("model_type") if isinstance(raw, dict) else None)
     if not isinstance(model_type, str):
         model_type = repr(model_type)
-    if model_type not in MODELS:
-        raise RnnrbmError(f"the checkpoint holds a {model_type!r} model, which this rnnrbm does not know ({', '.join(MODELS)}).")
+    if model_type not in models.model_types():
+        raise RnnrbmError(f"the checkpoint holds a {model_type!r} model, which this rnnrbm does not know "
+                          f"({', '.join(models.model_types())}).")
     return model_type
 
 
 def model_config_from(payload: dict[str, Any]):
     """Rebuild the model config a checkpoint stores; unknown keys or wrong types are errors."""
-    config_cls = MODELS[model_type_of(payload)][1]
+    config_cls = models.record(model_type_of(payload)).config_class
     raw = payload["model_config"]
-    if isinstance(raw, dict) and "model_type" not in raw:  # written before the field existed
-        raw = {**raw, "model_type": model_type_of(payload)}
     known = {f.name for f in fields(config_cls)}
     if not isinstance(raw, dict) or set(raw) - known:
         unknown = sorted(set(raw) - known) if isinstance(raw, dict) else raw
@@ -176,12 +189,12 @@ def state_problem(expected: dict[str, torch.Tensor], state: Any, key: str = "mod
     return "; ".join(problems) or None
 
 
-def build_model(config: ModelConfig, generator: torch.Generator | None = None) -> torch.nn.Module:
+def build_model(config, generator: torch.Generator | None = None) -> torch.nn.Module:
     """A fresh model of ``config.model_type``, initialised from ``generator``."""
-    return MODELS[config.model_type][0](config, generator=generator)
+    return models.record(config.model_type).model_class(config, generator=generator)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[RNNRBM, dict[str, Any]]:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model stored in a checkpoint, in eval mode on ``device``.
 
     Returns the model and the whole payload (for its data grid, epoch, metrics). Weights

@@ -21,7 +21,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from rnnrbm_cli import __version__
+from rnnrbm_cli import __version__, models
+from rnnrbm_cli.choices import BACKENDS, EVAL_METHODS, FORMS, LL_METHODS, RNN_KINDS
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 
 # Messages and tables for people go to stderr; stdout carries results only.
@@ -75,16 +76,36 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------
 
 
-# == the library's values, spelled out here so that `--help` need not import torch, the
-# registry or pretty_midi; tests/test_cli.py and test_datasets.py check that they agree ====
+# == the library's values; names from choices.py (torch-free), the limits spelled out here so
+# that `--help` need not import torch or pretty_midi (tests/test_cli.py checks they agree) ====
 
-_FORMS = ("rolls", "pickle", "midi")  # registry.FORMS
+_FORMS = FORMS
 _MAX_FRAMES = 100_000  # pianoroll.MAX_FRAMES
 _MAX_MEMBER_MB = 2  # pianoroll.MAX_MIDI_BYTES in MiB
 _EVAL_DEFAULTS = {"chains": 100, "betas": 1000, "samples": 20, "gibbs": 50}  # evaluate.DEFAULT_*
-_BACKENDS = ("auto", "torch", "numba")  # engines.BACKENDS
-_EVAL_METHODS = ("ais", "raise")  # config.EVAL_METHODS (validation during training)
-_LL_METHODS = ("auto", "exact", "ais", "raise", "both")  # (*evaluate.METHODS, "both")
+_BACKENDS = BACKENDS
+_EVAL_METHODS = EVAL_METHODS
+_LL_METHODS = (*LL_METHODS, "both")
+
+
+class ModelChoice(click.Choice):
+    """--model's choices: the models' registry (``models.model_types()``), read when the
+    command line is parsed, so that a model registered at run time is a choice too."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self):
+        return models.model_types()
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns it
+        pass
+
+
+MODEL_HELP = f"The model: {', '.join(models.model_types())} (README, Models).  [default: {models.DEFAULT_MODEL_TYPE}]"
+
 _backend_option = click.option(
     "--backend", type=click.Choice(_BACKENDS), default="auto", show_default=True,
     help="Who samples: auto (the compiled CPU kernels on CPU, torch on CUDA), torch or numba.",

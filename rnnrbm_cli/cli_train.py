@@ -7,7 +7,7 @@ import sys
 import click
 
 from rnnrbm_cli.cli import (
-    _BACKENDS, _EVAL_METHODS, cli,
+    _BACKENDS, _EVAL_METHODS, MODEL_HELP, RNN_KINDS, ModelChoice, cli,
     err_console, print_json,
 )
 
@@ -22,8 +22,8 @@ from rnnrbm_cli.cli import (
 @click.option("--epochs", type=click.IntRange(min=0), help="Fine-tuning passes over the training split, after any pretraining (the total, also with --resume).  [default: 200]")
 @click.option("--device", help="auto, cpu or cuda.  [default: auto]")
 @click.option("--seed", type=int, help="Seed for initialisation, shuffling and sampling.  [default: 1234]")
-@click.option("--model", "model_type", type=click.Choice(["rnn-rbm", "rnn-nade"]), help="The model: RNN-RBM (CD-k) or RNN-NADE (exact likelihood).  [default: rnn-rbm]")
-@click.option("--rnn", type=click.Choice(["tanh", "sigmoid", "lstm", "gru"]), help="The recurrence (the compiled CPU kernels run tanh only).  [default: tanh]")
+@click.option("--model", "model_type", type=ModelChoice(), help=MODEL_HELP)
+@click.option("--rnn", type=click.Choice(RNN_KINDS), help="The recurrence (the compiled CPU kernels run tanh only).  [default: tanh]")
 @click.option("--n-hidden", type=click.IntRange(min=1), help="RBM (or NADE) hidden units.  [default: 150]")
 @click.option("--n-recurrent", type=click.IntRange(min=1), help="RNN units.  [default: 100]")
 @click.option("--learn-u0/--no-learn-u0", default=None, help="Learn the initial RNN state (the paper) instead of u(0) = 0.")
@@ -93,7 +93,7 @@ def train(ctx, preset, config_file, resume, mirror, cache_dir, as_json, **flags)
     device = resolve_device(given.get("device") or ("auto" if resume else settings.run.device))
 
     stop = StopFlag()
-    callbacks = _TrainProgress(as_json)
+    callbacks = _TrainProgress()
     old = {s: signal.signal(s, lambda signum, frame: stop.set(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if resume:
@@ -128,7 +128,7 @@ def _shell_quote(arg: str) -> str:
 class _TrainProgress:
     """Draws the training loop's events: a tqdm bar per epoch and one line per epoch."""
 
-    def __init__(self, quiet_stdout: bool) -> None:
+    def __init__(self) -> None:
         self.bar = None
         self.epochs = 0
         self.stage = "training"

@@ -7,7 +7,7 @@ import sys
 import click
 from rich.markup import escape
 
-from rnnrbm_cli.cli import _BACKENDS, cli, err_console, print_json
+from rnnrbm_cli.cli import _BACKENDS, ModelChoice, cli, err_console, models, print_json
 from rnnrbm_cli.errors import RnnrbmUsageError
 
 _PRUNERS = ("median", "halving", "none")  # tune.PRUNERS
@@ -16,8 +16,8 @@ _DEFAULT_EPOCHS, _DEFAULT_EVAL_EVERY = 20, 2  # tune.DEFAULT_EPOCHS, tune.DEFAUL
 
 @cli.command("tune")
 @click.option("--data", help="Registry name, prepared .npz, or a MIDI folder/zip (prepared first).  [default: --config's]")
-@click.option("--model", "model_type", type=click.Choice(["rnn-rbm", "rnn-nade"]),
-              help="The model every trial trains.  [default: --config's, else rnn-rbm]")
+@click.option("--model", "model_type", type=ModelChoice(),
+              help=f"The model every trial trains.  [default: --config's, else {models.DEFAULT_MODEL_TYPE}]")
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
               help="Finished trials (complete or pruned) the study should have in total, over all workers and runs.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Start no trial after this many seconds (the running one ends).")

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from rnnrbm_cli import models
+from rnnrbm_cli.choices import BACKENDS, EVAL_METHODS
 from rnnrbm_cli.errors import RnnrbmUsageError
-from rnnrbm_cli.model import ModelConfig
+from rnnrbm_cli.models.base import ModelConfig
 from rnnrbm_cli.pianoroll import check_dt
 
 __all__ = [
-    "ModelConfig", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "Settings", "PRESETS", "PAPER_PRESETS",
-    "preset_values",
+    "ModelConfig", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "Settings", "PRESETS", "preset_values",
     "resolve_settings", "merge_settings", "read_settings_file", "settings_from_checkpoint",
 ]
 
@@ -109,7 +110,6 @@ class OptimConfig:
 
 
 LR_SCHEDULES = ("constant", "exp", "plateau")
-EVAL_METHODS = ("ais", "raise")
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,8 @@ class RunConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.backend not in ("auto", "torch", "numba"):
-            raise RnnrbmUsageError(f"backend must be auto, torch or numba, not {self.backend!r}.")
+        if self.backend not in BACKENDS:
+            raise RnnrbmUsageError(f"backend must be {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}, not {self.backend!r}.")
 
 
 @dataclass(frozen=True)
@@ -197,55 +197,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-# "paper": the recipes found best by validation log-likelihood (README, Results; never by the
-# test split), one per model, with what a dataset needs on top. Every setting that shapes the
-# result is pinned here, so that a change of default never changes what the preset trains.
-_PAPER_COMMON = {
-    "rnn": "tanh", "n_hidden": 150, "n_recurrent": 100, "learn_u0": True, "chunk": 100, "batch": 1,
-    "momentum": 0.0, "lr_rbm": None, "lr_rnn": None, "clip_grad": 0.0, "ema": 0.0, "seed": 1234,
-    "eval_frames": 500, "eval_chains": 50, "eval_betas": 100, "eval_method": "ais",
-}
-PAPER_PRESETS: dict[str, dict[str, Any]] = {
-    # The RNN-RBM: the paper's pretraining of the RBM (CD-15 on shuffled frames) and of the RNN
-    # (cross-entropy), then Adam on the whole model, halving the rate when validation LL stalls,
-    # best.pt and early stopping by validation LL. (On JSB: -6.73 valid against -7.26 without
-    # pretraining and -6.70 at a constant 0.001 in 40 more epochs; README, Results.)
-    "rnn-rbm": {
-        **_PAPER_COMMON, "model_type": "rnn-rbm", "k": 15,
-        "pretrain_rbm_epochs": 20, "pretrain_rbm_lr": 0.01, "pretrain_rnn_epochs": 40, "pretrain_rnn_lr": 0.003,
-        "optimizer": "adam", "lr": 0.003, "lr_schedule": "plateau", "lr_decay": 0.5, "lr_patience": 1, "epochs": 150,
-        "eval_every": 5, "patience": 6,
-    },
-    # The RNN-NADE: exact maximum likelihood with Adam, one chunk per update; the exact
-    # validation LL on every validation frame every epoch picks best.pt and stops the run.
-    "rnn-nade": {
-        **_PAPER_COMMON, "model_type": "rnn-nade", "pretrain_rbm_epochs": 0, "pretrain_rnn_epochs": 0,
-        "optimizer": "adam", "lr": 0.001, "lr_schedule": "constant", "epochs": 150, "eval_every": 1, "patience": 10,
-    },
-}
-# On top, by (model, dataset), what a dataset needs beyond the model's recipe.
-PAPER_BY_DATA: dict[tuple[str, str], dict[str, Any]] = {
-    # Nottingham has 8.7x JSB's updates per epoch: at JSB's Adam 0.003 its RBMs sharpen until
-    # forward AIS fails (a 100-beta validation "LL" of an impossible -0.94 chose best.pt) and
-    # reverse annealing falls (-3.79 after 5 epochs, then worse); at 0.0003 the validation
-    # estimate is flat from epoch 10 to 40 of fine-tuning (-3.29), but with the parameters
-    # averaged it keeps rising (ema 0.9999: -3.06; 0.99995: -3.04), and every halving of the
-    # rate lowered it, so the rate stays constant; 200 hidden units instead of 150 gave -2.84
-    # (fine-tuning epoch 90; early stopping ends the run at 120). README, Results. Reverse
-    # annealing errs low, so it cannot reward a model for being hard to anneal.
-    ("rnn-rbm", "nottingham"): {"n_hidden": 200, "lr": 0.0003, "lr_schedule": "constant", "epochs": 120,
-                                "ema": 0.99995, "eval_method": "raise", "eval_betas": 1000, "eval_chains": 25},
-    # Nottingham has 8x the updates per epoch of JSB chorales: fewer, larger steps and early
-    # stopping keep the RNN-NADE within the time budget.
-    ("rnn-nade", "nottingham"): {"lr": 0.002, "batch": 4, "epochs": 30, "eval_every": 5, "patience": 10},
-}
+# "paper": each model's recipe found best by validation log-likelihood (README, Results; never
+# by the test split), with what a dataset needs on top: its record's paper_preset and
+# paper_by_data (models/).
 
 
-def preset_values(name: str, model_type: str = "rnn-rbm", data: str = "nottingham") -> dict[str, Any]:
+def preset_values(name: str, model_type: str = models.DEFAULT_MODEL_TYPE, data: str = "nottingham") -> dict[str, Any]:
     """The settings a preset sets, for the model and data it is applied to."""
     if name == "paper":
-        values = dict(PAPER_PRESETS[model_type])
-        values.update(PAPER_BY_DATA.get((model_type, str(data)), {}))
+        if model_type not in models.model_types():
+            raise RnnrbmUsageError(f"model_type must be one of {', '.join(models.model_types())}, not {model_type!r}.")
+        rec = models.record(model_type)
+        if not rec.paper_preset:
+            raise RnnrbmUsageError(f"the {model_type} model has no paper preset; give its settings instead.")
+        values = dict(rec.paper_preset)
+        values.update(rec.paper_by_data.get(str(data), {}))
         return values
     if name not in PRESETS:
         raise RnnrbmUsageError(f"unknown preset {name!r}; known presets: {', '.join([*PRESETS, 'paper'])}.")
@@ -347,26 +313,27 @@ def merge_settings(
     if preset is not None:
         later = {**from_file, **given}
         model_type = later.get("model_type", _DEFAULTS["model_type"])
-        if model_type not in PAPER_PRESETS:
-            raise RnnrbmUsageError(f"model_type must be one of {', '.join(PAPER_PRESETS)}, not {model_type!r}.")
         values.update(preset_values(preset, model_type, later.get("data", _DEFAULTS["data"])))
     values.update(from_file)
     values.update(given)
     return resolve_settings(values)
 
 
+def by_section(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat settings grouped by section, as config.json and checkpoints hold them (a key of no
+    section stays at the top, where ``flatten`` refuses it by name)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key in _SECTION_OF:
+            out.setdefault(_SECTION_OF[key], {})[key] = value
+        else:
+            out[key] = value
+    return out
+
+
 def settings_from_checkpoint(payload: Mapping[str, Any]) -> Settings:
-    """The settings a checkpoint was trained with (``settings`` by section; older files
-    have a flat ``train_config`` beside ``model_config``)."""
+    """The settings a checkpoint was trained with (its ``settings`` by section, over its model_config)."""
     values: dict[str, Any] = dict(payload.get("model_config") or {})
     if isinstance(payload.get("settings"), Mapping):
         values.update(flatten(payload["settings"], where="the checkpoint"))
-    else:
-        values.update(payload.get("train_config") or {})
-    if "model_type" in payload and "model_type" not in values:
-        values["model_type"] = payload["model_type"]
     return resolve_settings(values)
-
-
-def with_run_dir(settings: Settings, run_dir: str | Path) -> Settings:
-    return replace(settings, run=replace(settings.run, run_dir=str(run_dir)))

@@ -452,7 +452,7 @@ def checkpoint_data(
         check_checkpoint_data(payload, path)
         return Path(path)
     settings = payload.get("settings") if isinstance(payload.get("settings"), dict) else {}
-    spec = settings.get("data") if isinstance(settings.get("data"), dict) else payload.get("train_config") or {}
+    spec = settings.get("data") if isinstance(settings.get("data"), dict) else {}
     name = spec.get("data") if isinstance(spec, dict) else None
     if not isinstance(name, str) or not name:
         name = meta.get("dataset")

@@ -29,9 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnrbm_cli.engines import Sampler, TorchSampler, sampler_for
+from rnnrbm_cli.choices import LL_METHODS
+from rnnrbm_cli.engines import AnnealingSampler, TorchSampler, sampler_for
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
-from rnnrbm_cli.model import EXACT_LIMIT, RNNRBM, free_energy, log_partition_exact
+from rnnrbm_cli.models import record_of
+from rnnrbm_cli.models.rbm import EXACT_LIMIT, free_energy, log_partition_exact
 
 # Exact log Z enumerates 2**n_hidden states per frame: at n_hidden = 20 that is still
 # cheaper than 100 AIS chains x 1000 betas, and it has no error at all.
@@ -50,7 +52,7 @@ DEFAULT_SAMPLES = 20
 DEFAULT_GIBBS = 50
 
 # How log Z is found: "auto" is exact when n_hidden <= EXACT_MAX_HIDDEN, else "ais".
-METHODS = ("auto", "exact", "ais", "raise")
+METHODS = LL_METHODS
 
 # Keeps the AIS base's note probabilities off 0 and 1 (measured: 1e-3 to 1e-2 are alike).
 BASE_FLOOR = 1e-3
@@ -113,7 +115,7 @@ class LLResult:
 
 @torch.no_grad()
 def conditional_frames(
-    model: RNNRBM,
+    model,
     sequences: Sequence[np.ndarray | Tensor],
     *,
     max_frames: int | None = None,
@@ -127,7 +129,8 @@ def conditional_frames(
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, not {max_frames}.")
-    device, dtype = model.W.device, model.W.dtype
+    first = next(model.parameters())
+    device, dtype = first.device, first.dtype
     n_v = model.config.n_visible
     rolls = [torch.as_tensor(np.asarray(s) if not isinstance(s, Tensor) else s) for s in sequences]
     for i, r in enumerate(rolls):
@@ -218,7 +221,7 @@ def ais_log_partition(
     base: Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
-    sampler: Sampler | None = None,
+    sampler: AnnealingSampler | None = None,
     observed: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Estimate log Z of N RBMs sharing W by annealed importance sampling.
@@ -297,7 +300,7 @@ def _stage(progress: Progress | None, stage: str, total: int) -> Callable[[int],
 
 @torch.no_grad()
 def frame_log_likelihoods(
-    model: RNNRBM,
+    model,
     frames: Frames,
     *,
     chains: int = DEFAULT_CHAINS,
@@ -307,7 +310,7 @@ def frame_log_likelihoods(
     gibbs: int = DEFAULT_GIBBS,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
-    sampler: Sampler | None = None,
+    sampler: AnnealingSampler | None = None,
     base: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, str]:
     """log P(v_t | history) of every frame.
@@ -321,9 +324,10 @@ def frame_log_likelihoods(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
-    hooks = _EXACT_MODELS.get(model.config.model_type)
-    if hooks is not None:  # a model with a tractable likelihood
-        return hooks[0](model, frames, _stage(progress, "exact log-likelihood", len(frames))), None, "exact"
+    rec = record_of(model)
+    if rec.exact:  # a model with a tractable likelihood
+        stage = _stage(progress, "exact log-likelihood", len(frames))
+        return rec.exact_log_likelihoods(model, frames.v, frames.bv, frames.bh, stage), None, "exact"
     if method == "auto":
         method = "exact" if model.config.n_hidden <= EXACT_MAX_HIDDEN else "ais"
     W = model.W
@@ -342,9 +346,9 @@ def frame_log_likelihoods(
     return neg_f - log_z, var, method
 
 
-def annealing_base(model: RNNRBM, frames: Frames, *, samples: int = DEFAULT_SAMPLES, gibbs: int = DEFAULT_GIBBS,
+def annealing_base(model, frames: Frames, *, samples: int = DEFAULT_SAMPLES, gibbs: int = DEFAULT_GIBBS,
                    generator: torch.Generator | None = None, progress: Progress | None = None,
-                   sampler: Sampler | None = None) -> Tensor:
+                   sampler: AnnealingSampler | None = None) -> Tensor:
     """Each frame's factorial AIS / RAISE base (:func:`ais_base`) from its note marginals.
 
     The marginals come from chains started at silence, not at the previous frame (as for
@@ -365,7 +369,7 @@ def summarise_ll(ll: Tensor, var: Tensor | None, method: str) -> LLResult:
 
 
 def log_likelihood(
-    model: RNNRBM,
+    model,
     sequences: Sequence[np.ndarray | Tensor],
     *,
     chains: int = DEFAULT_CHAINS,
@@ -430,7 +434,7 @@ def note_marginals(
     start: Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: Callable[[int], None] | None = None,
-    sampler: Sampler | None = None,
+    sampler: AnnealingSampler | None = None,
 ) -> Tensor:
     """Each frame's note probabilities p_t (N, n_visible) in its conditional RBM.
 
@@ -464,28 +468,28 @@ def note_marginals(
 
 
 def frame_marginals(
-    model: RNNRBM,
+    model,
     frames: Frames,
     *,
     samples: int = DEFAULT_SAMPLES,
     gibbs: int = DEFAULT_GIBBS,
     generator: torch.Generator | None = None,
     progress: Progress | None = None,
-    sampler: Sampler | None = None,
+    sampler: AnnealingSampler | None = None,
 ) -> Tensor:
     """Each frame's note probabilities given its true history (N, n_visible): Gibbs chains
     from the previous true frame for an RNN-RBM (:func:`note_marginals`), exact ancestral
     samples for a model that has them."""
     stage = _stage(progress, "note probabilities", len(frames))
-    hooks = _EXACT_MODELS.get(model.config.model_type)
-    if hooks is not None:
-        return hooks[1](model, frames, samples, generator, stage)
+    rec = record_of(model)
+    if rec.exact:
+        return rec.exact_marginals(model, frames.bv, frames.bh, samples, generator, stage)
     return note_marginals(model.W, frames.bv, frames.bh, samples=samples, gibbs=gibbs, start=frames.prev,
                           generator=generator, progress=stage, sampler=sampler)
 
 
 def frame_accuracy(
-    model: RNNRBM,
+    model,
     sequences: Sequence[np.ndarray | Tensor],
     *,
     samples: int = DEFAULT_SAMPLES,
@@ -507,7 +511,7 @@ def frame_accuracy(
 
 
 def evaluate(
-    model: RNNRBM,
+    model,
     sequences: Sequence[np.ndarray | Tensor],
     *,
     chains: int = DEFAULT_CHAINS,
@@ -566,7 +570,7 @@ def evaluate(
         "betas": betas if annealed else None,
         "ais_stderr": res.ais_stderr,
         "samples": samples,
-        "gibbs": gibbs if annealed or model.config.model_type == "rnn-rbm" else None,
+        "gibbs": gibbs if record_of(model).uses_gibbs else None,
         "model_type": model.config.model_type,
         "backend": sampler.backend,
     }
@@ -577,52 +581,9 @@ def evaluate(
     return out
 
 
-# --- models with an exact likelihood (RNN-NADE) --------------------------------------------
-
-
-@torch.no_grad()
-def _nade_log_likelihoods(model, frames: Frames, progress: Callable[[int], None] | None) -> Tensor:
-    """Exact log p(v_t | history) of every frame (N,)."""
-    from rnnrbm_cli.nade import frames_per_batch
-
-    per = frames_per_batch(model)
-    out = []
-    for first in range(0, len(frames), per):
-        sl = slice(first, first + per)
-        out.append(model.frame_log_prob(frames.v[sl], frames.bv[sl], frames.bh[sl]))
-        if progress is not None:
-            progress(len(out[-1]))
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def _nade_marginals(model, frames: Frames, samples: int, generator, progress) -> Tensor:
-    """Note marginals (N, n_visible) from ``samples`` exact ancestral samples of each frame
-    given its true history; each sample contributes its notes' conditional probabilities
-    (Rao-Blackwellised: their mean is the marginal, with less noise than the 0/1 notes)."""
-    from rnnrbm_cli.nade import frames_per_batch
-
-    per = max(1, frames_per_batch(model) // samples)
-    p = torch.empty_like(frames.bv)
-    for first in range(0, len(frames), per):
-        stop = min(first + per, len(frames))
-        b = frames.bv[first:stop].repeat_interleave(samples, 0)
-        c = frames.bh[first:stop].repeat_interleave(samples, 0)
-        _, probs = model.sample_frames(b, c, generator)
-        p[first:stop] = probs.view(stop - first, samples, -1).mean(1)
-        if progress is not None:
-            progress(stop - first)
-    return p
-
-
-# model_type -> (exact per-frame log-likelihoods, note marginals): the evaluation hook of a
-# model whose likelihood is tractable; the RNN-RBM (AIS, Gibbs) is the default path.
-_EXACT_MODELS = {"rnn-nade": (_nade_log_likelihoods, _nade_marginals)}
-
-
 def exact_likelihood(model) -> bool:
     """Whether the model's log-likelihood is computed exactly (no AIS), whatever its size."""
-    return model.config.model_type in _EXACT_MODELS
+    return record_of(model).exact
 
 
 def evaluate_checkpoint(

@@ -31,13 +31,13 @@ from typing import IO, Any, Iterable
 
 from tqdm import tqdm
 
-from rnnrbm_cli import __version__
+from rnnrbm_cli import __version__, choices
 from rnnrbm_cli._io import atomic_open
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 
 #: What a file holds: piano-rolls in a MATLAB .mat, the authors' original pickle, or a
 #: .zip of source MIDI files. ``datasets.py`` knows how to read each.
-FORMS = ("rolls", "pickle", "midi")
+FORMS = choices.FORMS
 
 #: Seconds a connection attempt or a single read may stall before the source is abandoned.
 TIMEOUT_S = 30.0

@@ -35,7 +35,7 @@ from rnnrbm_cli.checkpoint import load_model
 from rnnrbm_cli.device import resolve_device
 from rnnrbm_cli.engines import sampler_for
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
-from rnnrbm_cli.model import RNNRBM
+
 from rnnrbm_cli.pianoroll import N_KEYS, Grid
 
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -273,7 +273,7 @@ def out_of_memory(e: BaseException) -> bool:
 
 
 def generate_rolls(
-    model: RNNRBM,
+    model,
     num: int,
     steps: int,
     *,

@@ -109,7 +109,6 @@ def default_run_name(settings: Settings) -> str:
     return name + ("-midi" if d.source == "midi" else "")
 
 
-STAGES = ("rbm", "rnn", "fine")  # RBM pretraining, RNN pretraining, fine-tuning of the whole model
 STAGE_NAMES = {"rbm": "RBM pretraining", "rnn": "RNN pretraining", "fine": "training"}
 
 
@@ -215,7 +214,7 @@ class Trainer:
             data = ChunkedData(frames, 1, self.device)
             valid = ChunkedData([f[None] for s in self.valid_sequences for f in s], 1, self.device) if self.valid_sequences else None
             objective = objective_for(model, data, k=o.k, backend=backend, generator=self.gibbs_gen, valid=valid)
-            params = parts["rbm"]
+            params = parts["frame"]
             optimizer = torch.optim.SGD(params, lr=o.pretrain_rbm_lr, momentum=o.momentum, nesterov=o.momentum > 0)
             return Stage(name, objective, data, valid, o.chunk, params, optimizer)
         if name == "rnn":
@@ -228,7 +227,7 @@ class Trainer:
         if o.lr_rbm is None and o.lr_rnn is None:
             groups = [{"params": list(model.parameters())}]
         else:
-            groups = [{"params": parts["rbm"], "lr": o.lr_rbm or o.lr}, {"params": parts["rnn"], "lr": o.lr_rnn or o.lr}]
+            groups = [{"params": parts["frame"], "lr": o.lr_rbm or o.lr}, {"params": parts["rnn"], "lr": o.lr_rnn or o.lr}]
         if o.optimizer == "adam":
             optimizer = torch.optim.Adam(groups, lr=o.lr)
         else:

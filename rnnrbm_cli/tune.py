@@ -18,7 +18,7 @@ before a trial starts rather than after one ends). A trial that fails (Ctrl+C, a
 a worker killed: its heartbeat stops and another worker marks it failed) does not count,
 so running the same command again continues the study.
 
-    >>> space = read_space(None, "rnn-rbm")          # the packaged default  # doctest: +SKIP
+    >>> space = read_space(None, "rnn")              # the packaged default  # doctest: +SKIP
     >>> base = base_settings(flags={"data": "nottingham", "epochs": 20}, space=space)  # doctest: +SKIP
     >>> result = run_study(base, space, trials=50)   # doctest: +SKIP
     >>> result.best.value, result.best_toml          # doctest: +SKIP
@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from rnnrbm_cli import models
 from rnnrbm_cli.config import Settings, read_settings_file, resolve_settings
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
-from rnnrbm_cli.model import MODEL_TYPES
 from rnnrbm_cli.train import (
     RUNS_DIR,
     Callbacks,
@@ -50,15 +50,21 @@ from rnnrbm_cli.train import (
 )
 
 __all__ = [
-    "SPACE_FILE", "PRUNERS", "OBJECTIVE_KEYS", "Param", "TuneCallbacks", "TrialSummary", "StudyResult",
+    "PRUNERS", "objective_key", "Param", "TuneCallbacks", "TrialSummary", "StudyResult",
     "default_space_text", "read_space", "model_and_data", "base_settings", "storage_url", "open_storage", "run_study",
     "summarise_study", "write_best_toml", "toml_text",
 ]
 
-SPACE_FILE = Path(__file__).with_name("tune_space.toml")
 PRUNERS = ("median", "halving", "none")
-# The metric each model's trials are judged by (both: log-likelihood per frame, in nats).
-OBJECTIVE_KEYS = {"rnn-rbm": "valid_ll", "rnn-nade": "valid_monitor"}
+
+
+def objective_key(model_type: str) -> str:
+    """The metric a model's trials are judged by, log-likelihood per frame in nats either way:
+    the exact validation monitor of a model with an exact likelihood, else the loop's
+    annealed (or enumerated) estimate on a fixed validation subset."""
+    return "valid_monitor" if models.record(model_type).exact else "valid_ll"
+
+
 # Without --epochs / --eval-every: short trials, measured often enough to prune.
 DEFAULT_EPOCHS = 20
 DEFAULT_EVAL_EVERY = 2
@@ -128,9 +134,27 @@ class Space:
         return {"params": {k: p.to_json() for k, p in self.params.items()}, "fixed": dict(self.fixed)}
 
 
+_SPACE_HEADER = """\
+The default search space of `rnnrbm tune`, one table per model, from the models' records
+(`rnnrbm tune --show-space` prints it; `--space FILE.toml` replaces it).
+
+Any setting of `rnnrbm train` may appear, under the name it has in a --config file:
+  lr = {low = 1e-4, high = 1e-2, log = true}   a range (log = true: drawn on a log scale)
+  n_hidden = {low = 50, high = 300, step = 25} a range on a grid (integers for an integer setting)
+  batch = {choices = [1, 8, 32]}               one of a list
+  optimizer = "adam"                           a plain value fixes the setting for every trial
+Keys outside the tables apply to every model. The study's own settings come from its flags
+(--data, --model, --epochs, --eval-every, --device) and may not appear here."""
+
+
 def default_space_text() -> str:
-    """The packaged default search space (TOML, one table per model)."""
-    return SPACE_FILE.read_text(encoding="utf-8")
+    """The default search space (TOML, one table per model: each record's search_space)."""
+    lines = [f"# {line}" if line else "#" for line in _SPACE_HEADER.splitlines()]
+    for name in models.model_types():
+        rec = models.record(name)
+        if rec.search_space:
+            lines += ["", f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in rec.search_space.items())]
+    return "\n".join(lines) + "\n"
 
 
 def _is_number(x: Any) -> bool:
@@ -150,7 +174,7 @@ def _setting_type(default: Any) -> str:
 def read_space(path: str | Path | None, model_type: str) -> Space:
     """The search space of ``model_type`` from a TOML file (None: the packaged default).
 
-    The file holds settings flat, in a table per model (``[rnn-rbm]``), or both; a model's
+    The file holds settings flat, in a table per model (``[rnn]``), or both; a model's
     table adds to and overrides the flat keys. Every key must be a setting of
     ``config.Settings``; unknown keys, malformed or empty ranges are usage errors.
     """
@@ -165,9 +189,10 @@ def read_space(path: str | Path | None, model_type: str) -> Space:
         raise RnnrbmUsageError(f"{where} is not valid TOML: {e}.") from None
     except (OSError, UnicodeDecodeError) as e:
         raise RnnrbmUsageError(f"cannot read {where}: {getattr(e, 'strerror', None) or e}.") from None
-    if model_type not in MODEL_TYPES:
-        raise RnnrbmUsageError(f"unknown model {model_type!r}; use one of {', '.join(MODEL_TYPES)}.")
-    tables = {k for k, v in doc.items() if k in MODEL_TYPES and isinstance(v, dict)}
+    known_models = models.model_types()
+    if model_type not in known_models:
+        raise RnnrbmUsageError(f"unknown model {model_type!r}; use one of {', '.join(known_models)}.")
+    tables = {k for k, v in doc.items() if k in known_models and isinstance(v, dict)}
     entries = {k: v for k, v in doc.items() if k not in tables}
     entries.update(doc.get(model_type, {}))
     if not entries:
@@ -249,9 +274,9 @@ def _param(key: str, spec: dict[str, Any], setting_type: str, where: str) -> Par
 
 
 def model_and_data(config_file: str | Path | None, model_type: str | None, data: str | None) -> tuple[str, str | None]:
-    """The model and data of a study: the flags', else the config file's, else rnn-rbm and none."""
+    """The model and data of a study: the flags', else the config file's, else the default model and none."""
     values = read_settings_file(config_file) if config_file is not None else {}
-    return model_type or values.get("model_type") or "rnn-rbm", data or values.get("data")
+    return model_type or values.get("model_type") or models.DEFAULT_MODEL_TYPE, data or values.get("data")
 
 
 def base_settings(config_file: str | Path | None = None, flags: Mapping[str, Any] | None = None, space: Space | None = None) -> Settings:
@@ -589,7 +614,7 @@ def run_study(
     if heartbeat < 1:
         raise RnnrbmUsageError("--heartbeat must be at least 1 second.")
     model_type = base.model.model_type
-    key = OBJECTIVE_KEYS[model_type]
+    key = objective_key(model_type)
     name = study_name or f"{default_run_name(base)}-{model_type}"
     if not _STUDY_NAME.fullmatch(name):
         raise RnnrbmUsageError(f"study name {name!r} may hold only letters, digits, '.', '_' and '-' (up to 100).")
@@ -792,6 +817,8 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")  # a JSON string is a TOML basic string
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):  # an inline table of bare keys (a search space's ranges)
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {v!r} as TOML")
 
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from rnnrbm_cli.checkpoint import load_checkpoint, load_model, save_checkpoint
 from rnnrbm_cli.cli import cli
 from rnnrbm_cli.errors import RnnrbmError
-from rnnrbm_cli.model import RNNRBM, ModelConfig
+from rnnrbm_cli.models.rbm import RNNRBM, ModelConfig
 
 
 @pytest.mark.parametrize(

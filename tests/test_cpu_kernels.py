@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from rnnrbm_cli import cpu_kernels, engines
-from rnnrbm_cli.engines import NumbaSampler, numba_cd
-from rnnrbm_cli.model import RNNRBM, free_energy, log_partition_exact
+from rnnrbm_cli import engines
+from rnnrbm_cli.engines import cpu_kernels, numba_rbm
+from rnnrbm_cli.engines.numba_rbm import NumbaSampler, numba_cd
+from rnnrbm_cli.models.rbm import RNNRBM, free_energy, log_partition_exact
 
 from conftest import make_trainer
 from test_model import make_model
@@ -255,7 +256,7 @@ def test_a_small_update_in_the_calling_thread_equals_it_on_every_thread(monkeypa
     m = make_model(scale=0.05)
     v = binary((100, 88), 4 / 88, seed=3).numpy()
     starts, lens = spans([100])
-    assert 100 <= engines.SERIAL_FRAMES
+    assert 100 <= numba_rbm.SERIAL_FRAMES
 
     def run():
         cost, monitor, _ = numba_cd(m, v, starts, lens, 5, torch.Generator().manual_seed(11))
@@ -264,7 +265,7 @@ def test_a_small_update_in_the_calling_thread_equals_it_on_every_thread(monkeypa
     threads = numba.get_num_threads(), torch.get_num_threads()
     calling = run()
     assert (numba.get_num_threads(), torch.get_num_threads()) == threads  # restored
-    monkeypatch.setattr(engines, "SERIAL_FRAMES", 0)
+    monkeypatch.setattr(numba_rbm, "SERIAL_FRAMES", 0)
     every = run()
     assert calling[:2] == every[:2] and all(torch.equal(calling[2][k], every[2][k]) for k in calling[2])
 
@@ -350,7 +351,7 @@ def test_compiled_generate_matches_the_torch_path_with_a_primer():
 def test_the_compile_message_looks_at_the_kernels_of_its_job(monkeypatch):
     # evaluate once said "Compiling" because generation's kernel was not cached yet
     cached = {cpu_kernels.gibbs_rows, cpu_kernels.ais, cpu_kernels.subset_sums}
-    monkeypatch.setattr(engines, "_compiled_before", lambda *functions: all(f in cached for f in functions))
+    monkeypatch.setattr(numba_rbm, "_compiled_before", lambda *functions: all(f in cached for f in functions))
     sampler = NumbaSampler(None)
     assert sampler.compile_message("evaluate") is None
     assert sampler.compile_message() == sampler.compile_message("sample") == engines.COMPILE_MESSAGE

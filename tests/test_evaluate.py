@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from rnnrbm_cli import evaluate as ev
 from rnnrbm_cli.checkpoint import save_checkpoint
 from rnnrbm_cli.cli import cli
-from rnnrbm_cli.model import RNNRBM, ModelConfig, free_energy
+from rnnrbm_cli.models.rbm import RNNRBM, ModelConfig, free_energy
 
 RANDOM_LL = 88 * math.log(0.5)  # -60.997: every one of the 2**88 frames equally likely
 

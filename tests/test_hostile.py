@@ -31,7 +31,7 @@ from rnnrbm_cli.checkpoint import load_checkpoint, load_model, save_checkpoint
 from rnnrbm_cli.cli import cli
 from rnnrbm_cli.datasets import load_prepared, prepare
 from rnnrbm_cli.errors import RnnrbmError
-from rnnrbm_cli.model import RNNRBM, ModelConfig
+from rnnrbm_cli.models.rbm import RNNRBM, ModelConfig
 from rnnrbm_cli.pianoroll import MAX_FRAMES, MAX_MIDI_BYTES, midi_to_roll, read_midi
 from rnnrbm_cli.readers import read_pickle
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rnnrbm_cli.model import (
+from rnnrbm_cli.models.rbm import (
     ModelConfig,
     RNNRBM,
     free_energy,

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from rnnrbm_cli.model import RNNRBM, ModelConfig
-from rnnrbm_cli.nade import RNNNADE
+from rnnrbm_cli import models
+from rnnrbm_cli.models.rbm import RNNRBM, ModelConfig
+from rnnrbm_cli.models.nade import RNNNADE
 
 from conftest import run
 
@@ -93,10 +94,11 @@ def test_ancestral_samples_follow_the_exact_probabilities():
 
 
 @pytest.mark.parametrize("rnn", RNNS)
-@pytest.mark.parametrize("cls", [RNNRBM, RNNNADE])
-def test_each_recurrence_equals_a_plain_loop_and_its_step(cls, rnn):
+@pytest.mark.parametrize("model_type", models.model_types())
+def test_each_recurrence_equals_a_plain_loop_and_its_step(model_type, rnn):
+    cls = models.record(model_type).model_class
     m = cls(ModelConfig(n_visible=6, n_hidden=5, n_recurrent=4, rnn=rnn, learn_u0=True,
-                        model_type=cls.model_type), torch.Generator().manual_seed(0)).double()
+                        model_type=model_type), torch.Generator().manual_seed(0)).double()
     with torch.no_grad():
         for p in m.parameters():
             p.copy_(torch.randn_like(p) * 0.5)

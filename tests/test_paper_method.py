@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rnnrbm_cli.datasets import load_prepared
-from rnnrbm_cli.model import RNNRBM, ModelConfig, free_energy
+from rnnrbm_cli.models.rbm import RNNRBM, ModelConfig, free_energy
 from rnnrbm_cli.train import Callbacks, StopFlag, TrainingInterrupted, resume_trainer
 
 from conftest import make_trainer

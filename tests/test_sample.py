@@ -18,7 +18,7 @@ from rnnrbm_cli.checkpoint import save_checkpoint
 from rnnrbm_cli.cli import cli
 from rnnrbm_cli.datasets import write_prepared
 from rnnrbm_cli.errors import RnnrbmUsageError
-from rnnrbm_cli.model import RNNRBM, ModelConfig
+from rnnrbm_cli.models.rbm import RNNRBM, ModelConfig
 from rnnrbm_cli.pianoroll import midi_to_roll, write_midi
 from rnnrbm_cli.sample import output_dt, output_files, sample
 
@@ -103,7 +103,9 @@ def test_num_8_writes_eight_files_from_one_batched_generate_call(ckpt: Path, tmp
     from rnnrbm_cli import engines
 
     calls = []
-    for cls in (engines.TorchSampler, engines.NumbaSampler):
+    from rnnrbm_cli.engines.numba_rbm import NumbaSampler
+
+    for cls in (engines.TorchSampler, NumbaSampler):
         def counting_generate(self, n, steps, *args, _real=cls.generate, **kwargs):
             calls.append(n)
             return _real(self, n, steps, *args, **kwargs)

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from rnnrbm_cli.checkpoint import load_checkpoint, load_model
 from rnnrbm_cli.cli import cli
 from rnnrbm_cli.datasets import load_prepared
-from rnnrbm_cli.model import free_energy
+from rnnrbm_cli.models.rbm import free_energy
 from rnnrbm_cli.train import (
     Callbacks,
     StopFlag,

@@ -78,13 +78,15 @@ def test_the_default_space_names_only_settings_that_exist(model, toy_npz):
     base_settings(flags={"data": str(toy_npz), "model_type": model}, space=space)  # every end is a valid setting
 
 
-def test_show_space_prints_the_packaged_file():
-    from rnnrbm_cli.tune import SPACE_FILE
+def test_show_space_prints_every_models_search_space_from_its_record():
+    from rnnrbm_cli import models
 
     r = run("tune", "--show-space")
     assert r.exit_code == 0, r.stderr
-    assert r.stdout == SPACE_FILE.read_text()
-    assert set(tomllib.loads(r.stdout)) == {"rnn-rbm", "rnn-nade"}
+    doc = tomllib.loads(r.stdout)
+    assert list(doc) == ["rnn-rbm", "rnn-nade", "rnn"]
+    for name, table in doc.items():
+        assert table == models.record(name).search_space
 
 
 def test_a_space_file_reads_as_written(tmp_path):

@@ -10,67 +10,18 @@ Shapes follow one orientation everywhere: a batch of frames is ``(B, T, n_visibl
 values in {0, 1} (float), and ``lengths`` ``(B,)`` says how many leading frames of each
 row are real; the rest is padding, which never reaches a cost, gradient or monitor.
 
-This module knows tensors only: no files, no loop over epochs.
+This module knows tensors only: no files, no loop over epochs. Its ``RECORD`` says what the
+rest of the tool needs to know of it (``models/record.py``).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnrbm_cli.recurrence import Recurrent, normal_init
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    # 88 piano keys, MIDI 21..108: the tutorial's r = (21, 109).
-    n_visible: int = 88
-    # RBM hidden units; the tutorial's n_hidden = 150.
-    n_hidden: int = 150
-    # RNN units; the tutorial's n_hidden_recurrent = 100.
-    n_recurrent: int = 100
-    # Learn the initial state u(0), as the paper does; the tutorial fixes u(0) = 0.
-    learn_u0: bool = False
-    # Which model: "rnn-rbm" (this module) or "rnn-nade" (nade.py); checkpoint.MODELS maps it.
-    model_type: str = "rnn-rbm"
-    # The recurrence: "tanh" (the tutorial), "sigmoid" (the paper), "lstm" or "gru".
-    rnn: str = "tanh"
-
-    def __post_init__(self) -> None:
-        from rnnrbm_cli.recurrence import RNN_KINDS
-
-        for name in ("n_visible", "n_hidden", "n_recurrent"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
-        if not isinstance(self.learn_u0, bool):
-            raise ValueError(f"learn_u0 must be true or false, not {self.learn_u0!r}")
-        if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, not {self.model_type!r}")
-        if self.rnn not in RNN_KINDS:
-            raise ValueError(f"rnn must be one of {', '.join(RNN_KINDS)}, not {self.rnn!r}")
-
-
-MODEL_TYPES = ("rnn-rbm", "rnn-nade")
-
-
-@dataclass
-class CDResult:
-    """What one contrastive-divergence pass over a batch returns.
-
-    cost : scalar tensor, mean over real frames of F(v) - F(v~); its gradient (v~ held
-        constant) is the CD-k estimate of minus the log-likelihood gradient.
-    monitor : scalar tensor (no grad), the tutorial's reconstruction pseudo-log-likelihood,
-        summed over keys and averaged over real frames, in nats.
-    n_frames : number of real (unpadded) frames in the batch.
-    """
-
-    cost: Tensor
-    monitor: Tensor
-    n_frames: int
+from rnnrbm_cli.models.base import PAPER_COMMON, CostResult, ModelConfig, Recurrent, masked_mean, normal_init
+from rnnrbm_cli.models.record import ANNEALED, ModelRecord
 
 
 # --- RBM pieces, for any leading batch shape -----------------------------------------
@@ -216,11 +167,6 @@ def raise_log_weights(
     return log_w
 
 
-def length_mask(lengths: Tensor, T: int) -> Tensor:
-    """(B, T) float mask, 1 where t < lengths[b]."""
-    return (torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]).float()
-
-
 # --- the model -------------------------------------------------------------------------
 
 
@@ -232,8 +178,6 @@ class RNNRBM(Recurrent):
     never touches the global seed); default: torch's global generator.
     """
 
-    # The checkpoint's model_type; checkpoint.MODELS maps it back to this class.
-    model_type = "rnn-rbm"
     # The one documented list of the parameters in the order compiled code takes them
     # (engines.py hands them over as arrays, for the tanh recurrence; nothing else reads them by name):
     # W (n_visible, n_hidden), bv (n_visible,), bh (n_hidden,), Wuh (n_recurrent, n_hidden),
@@ -267,7 +211,7 @@ class RNNRBM(Recurrent):
         k: int = 15,
         generator: torch.Generator | None = None,
         v_neg: Tensor | None = None,
-    ) -> CDResult:
+    ) -> CostResult:
         """The CD-k cost of a padded batch and the tutorial's monitor.
 
         v : (B, T, n_visible) float 0/1; lengths : (B,) int64, default all T. Negative
@@ -276,7 +220,6 @@ class RNNRBM(Recurrent):
         gradient for all parameters, through bv(t), bh(t) into the RNN. Tests may pass
         their own negative samples ``v_neg`` (B, T, n_visible) instead of the chain's.
         """
-        B, T, _ = v.shape
         bv_t, bh_t = self.conditional_biases(v)
         with torch.no_grad():
             if v_neg is None:
@@ -286,16 +229,13 @@ class RNNRBM(Recurrent):
         # The monitor: log p(v | h) with h sampled from the chain's last v, as the tutorial
         # computes it, but through log-sigmoid so that it is never -inf.
         log_rec = -F.binary_cross_entropy_with_logits(monitor_logits, v, reduction="none").sum(-1)
-        if lengths is None:
-            n_frames = B * T
-            cost = fe_gap.sum() / n_frames
-            monitor = log_rec.sum() / n_frames
-        else:
-            mask = length_mask(lengths, T)
-            n_frames = int(lengths.sum())
-            cost = (fe_gap * mask).sum() / n_frames
-            monitor = (log_rec * mask).sum() / n_frames
-        return CDResult(cost=cost, monitor=monitor.detach(), n_frames=n_frames)
+        cost, n_frames = masked_mean(fe_gap, lengths)
+        monitor, _ = masked_mean(log_rec, lengths)
+        return CostResult(cost=cost, monitor=monitor.detach(), n_frames=n_frames)
+
+    def training_cost(self, v, lengths, k, generator) -> CostResult:
+        """CD-k (:meth:`cd_cost`)."""
+        return self.cd_cost(v, lengths, k, generator)
 
     def _reconstruction_logits(self, v_neg: Tensor, bv_t: Tensor, bh_t: Tensor, generator) -> Tensor:
         n_h = self.config.n_hidden
@@ -322,8 +262,8 @@ class RNNRBM(Recurrent):
         the result begins with it. Returns (n, T0 + steps, n_visible) float 0/1 on the
         model's device.
 
-        This is the reference sampler; ``engines.sampler_for`` may choose the compiled CPU
-        kernels instead (the same sampler, with their own random streams).
+        This is the reference sampler; the engines may choose the compiled CPU kernels
+        instead (the same sampler, with their own random streams).
         """
         device = self.W.device
         n_v = self.config.n_visible
@@ -344,3 +284,50 @@ class RNNRBM(Recurrent):
         frames.append(out)
         return torch.cat(frames, dim=1)
 
+
+
+RECORD = ModelRecord(
+    name="rnn-rbm",
+    summary="RNN-RBM: a conditional RBM per frame, trained by CD-k (the paper's and the tutorial's model)",
+    model_class=RNNRBM,
+    config_class=ModelConfig,
+    likelihood=ANNEALED,
+    uses_gibbs=True,
+    frame_parameters=("W", "bv", "bh"),
+    kernels="rbm",
+    # The paper's pretraining of the RBM (CD-15 on shuffled frames) and of the RNN
+    # (cross-entropy), then Adam on the whole model, halving the rate when validation LL stalls,
+    # best.pt and early stopping by validation LL. (On JSB: -6.73 valid against -7.26 without
+    # pretraining and -6.70 at a constant 0.001 in 40 more epochs; README, Results.)
+    paper_preset={
+        **PAPER_COMMON, "model_type": "rnn-rbm", "k": 15,
+        "pretrain_rbm_epochs": 20, "pretrain_rbm_lr": 0.01, "pretrain_rnn_epochs": 40, "pretrain_rnn_lr": 0.003,
+        "optimizer": "adam", "lr": 0.003, "lr_schedule": "plateau", "lr_decay": 0.5, "lr_patience": 1, "epochs": 150,
+        "eval_every": 5, "patience": 6,
+    },
+    paper_by_data={
+        # Nottingham has 8.7x JSB's updates per epoch: at JSB's Adam 0.003 its RBMs sharpen until
+        # forward AIS fails (a 100-beta validation "LL" of an impossible -0.94 chose best.pt) and
+        # reverse annealing falls (-3.79 after 5 epochs, then worse); at 0.0003 the validation
+        # estimate is flat from epoch 10 to 40 of fine-tuning (-3.29), but with the parameters
+        # averaged it keeps rising (ema 0.9999: -3.06; 0.99995: -3.04), and every halving of the
+        # rate lowered it, so the rate stays constant; 200 hidden units instead of 150 gave -2.84
+        # (fine-tuning epoch 90; early stopping ends the run at 120). README, Results. Reverse
+        # annealing errs low, so it cannot reward a model for being hard to anneal.
+        "nottingham": {"n_hidden": 200, "lr": 0.0003, "lr_schedule": "constant", "epochs": 120,
+                       "ema": 0.99995, "eval_method": "raise", "eval_betas": 1000, "eval_chains": 25},
+    },
+    search_space={
+        "optimizer": {"choices": ["sgd", "adam"]},
+        "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+        "momentum": {"low": 0.0, "high": 0.95},
+        "lr_schedule": {"choices": ["constant", "plateau"]},
+        "batch": {"choices": [1, 4, 16]},
+        "k": {"low": 1, "high": 25},
+        "n_hidden": {"low": 50, "high": 300, "step": 25},
+        "n_recurrent": {"low": 50, "high": 200, "step": 25},
+        "learn_u0": True,
+        "pretrain_rbm_epochs": {"choices": [0, 10, 20]},
+        "pretrain_rnn_epochs": {"choices": [0, 20, 40]},
+    },
+)

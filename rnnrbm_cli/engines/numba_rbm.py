@@ -1,28 +1,6 @@
-"""The one place that decides who computes: torch (autograd, any device) or the compiled
-CPU kernels of ``cpu_kernels`` (numba, the same mathematics, several times faster on a CPU).
-
-Three questions go through here, and nothing else in the package asks them:
-
-- ``objective_for(model, data, k=..., backend=..., generator=...)``: a training step's
-  gradients and statistics (``gradients(chunk_ids) -> StepStats``, which leaves the
-  gradient in each parameter's ``.grad``) and the validation monitor (``monitor``);
-- ``sampler_for(model, backend)``: generation (``generate``) and the Gibbs chains that
-  evaluation runs (``gibbs_chain``);
-- ``resolve_backend(backend, model, binary=...)``: which of the two a request for
-  "auto", "torch" or "numba" means for this model and data. ``RNNRBM_NO_NUMBA`` (set and
-  not "0") makes "auto" mean torch; it is read here and nowhere else.
-
-"auto" is numba for a float32 RNN-RBM on the CPU whose data is 0/1 (what the kernels
-assume), torch everywhere else (CUDA, other dtypes, models without kernels). The two
-draw different random numbers, so a seed reproduces a run only with the same backend.
-
-The loop that uses an objective is the same whatever the engine::
-
-    optimizer.zero_grad(set_to_none=False)
-    stats = objective.gradients(chunk_ids)
-    (clip) ; optimizer.step() ; (scheduler.step())
-
-so an optimiser, a learning rate edited in ``param_groups`` or a schedule acts on both.
+"""The RNN-RBM on the compiled CPU kernels of ``cpu_kernels`` (numba): CD-k gradients,
+generation, Gibbs chains and annealing, the same mathematics as the torch path and several
+times faster on a CPU. Only the engine seam (``engines/__init__.py``) chooses these classes.
 """
 
 from __future__ import annotations
@@ -31,74 +9,21 @@ import contextlib
 import os
 import sys
 import weakref
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from rnnrbm_cli import model as rbm
 from rnnrbm_cli.chunks import ChunkedData
-from rnnrbm_cli.errors import RnnrbmUsageError
+from rnnrbm_cli.models.base import CostResult
 
-BACKENDS = ("auto", "torch", "numba")
-
-
-@dataclass
-class StepStats:
-    """What one gradient pass over a batch of chunks returns.
-
-    cost, monitor : 0-d tensors (on the model's device; summing them needs no sync),
-        means over the batch's real frames: the CD cost F(v) - F(v~) and the tutorial's
-        reconstruction monitor, in nats.
-    n_frames : real (unpadded) frames in the batch.
-    """
-
-    cost: Tensor
-    monitor: Tensor
-    n_frames: int
-
-
-class Objective(Protocol):
-    backend: str
-
-    def gradients(self, chunk_ids: Tensor) -> StepStats: ...
-
-    def monitor(self, data: ChunkedData, generator: torch.Generator) -> float: ...
-
-    def compile_message(self) -> str | None: ...
-
-    def warm_up(self) -> None: ...
-
-
-class Sampler(Protocol):
-    backend: str
-
-    def compile_message(self, job: str = "sample") -> str | None: ...
-
-    def generate(self, n: int, steps: int, k: int, primer: Tensor | None, generator: torch.Generator | None) -> Tensor: ...
-
-    def gibbs_chain(self, v: Tensor, W: Tensor, bv: Tensor, bh: Tensor, k: int, generator: torch.Generator | None) -> Tensor: ...
-
-    def ais_log_weights(self, W: Tensor, base: Tensor, bv: Tensor, bh: Tensor, schedule: Tensor, chains: int,
-                        generator: torch.Generator | None) -> Tensor: ...
-
-    def raise_log_weights(self, W: Tensor, base: Tensor, bv: Tensor, bh: Tensor, schedule: Tensor, chains: int,
-                          v: Tensor, generator: torch.Generator | None) -> Tensor: ...
-
-
-# -- choosing ------------------------------------------------------------------------------
-
-
-def _numba_disabled() -> bool:
-    return os.environ.get("RNNRBM_NO_NUMBA", "") not in ("", "0")
+COMPILE_MESSAGE = "Compiling the CPU kernels (once per machine, about a minute)..."
 
 
 def _kernels():
     """The cpu_kernels module, or None when numba is missing (the torch path still works)."""
     try:
-        from rnnrbm_cli import cpu_kernels
+        from rnnrbm_cli.engines import cpu_kernels
     except ImportError:
         return None
     return cpu_kernels
@@ -113,13 +38,9 @@ def _compiled_before(*functions) -> bool | None:
         return None
 
 
-COMPILE_MESSAGE = "Compiling the CPU kernels (once per machine, about a minute)..."
-
-
-def numba_problem(model: torch.nn.Module, binary: bool = True) -> str | None:
-    """Why the compiled kernels cannot run ``model`` on data that is (or is not) 0/1; None if they can."""
-    if getattr(model, "model_type", None) not in _NUMBA_MODELS:
-        return f"they have no kernels for the {getattr(model, 'model_type', type(model).__name__)} model"
+def problem(model: torch.nn.Module, binary: bool) -> str | None:
+    """Why the kernels cannot compute this RNN-RBM on data that is (or is not) 0/1 (its
+    recurrence, the data, its size, the platform); None if they can."""
     if getattr(model, "rnn_kind", "tanh") != "tanh":
         return f"they compute the tanh recurrence only, not {model.rnn_kind}"
     first = next(model.parameters())
@@ -127,148 +48,17 @@ def numba_problem(model: torch.nn.Module, binary: bool = True) -> str | None:
         return f"they run float32 models on the CPU only, not {first.dtype} on {first.device}"
     if not binary:
         return "the data has values other than 0 and 1"
-    kernels = _kernels()
-    if kernels is None:
+    cpu = _kernels()
+    if cpu is None:
         return "numba is not installed (pip install numba)"
     if sys.byteorder != "little":
         return "they read 0/1 bytes as bits in little-endian order"
-    size = kernels.table_bytes(model.config.n_visible, model.config.n_hidden)
-    if size > kernels.TABLE_LIMIT:
+    size = cpu.table_bytes(model.config.n_visible, model.config.n_hidden)
+    if size > cpu.TABLE_LIMIT:
         return (f"their table of W's subset sums would take {size / 2**20:.1f} MiB for {model.config.n_hidden} hidden "
-                f"units (at most {kernels.TABLE_LIMIT / 2**20:.0f} MiB)")
+                f"units (at most {cpu.TABLE_LIMIT / 2**20:.0f} MiB)")
     return None
 
-
-def resolve_backend(backend: str, model: torch.nn.Module, *, binary: bool = True) -> str:
-    """"torch" or "numba": what ``backend`` ("auto", "torch", "numba") means for this model and data.
-
-    An explicit "numba" that cannot run is a usage error saying why.
-    """
-    if backend not in BACKENDS:
-        raise RnnrbmUsageError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}.")
-    if backend == "torch":
-        return "torch"
-    problem = numba_problem(model, binary)
-    if backend == "auto":
-        return "torch" if problem is not None or _numba_disabled() else "numba"
-    if problem is not None:
-        raise RnnrbmUsageError(f"backend numba cannot be used: {problem}; use backend torch or auto.")
-    return "numba"
-
-
-def objective_for(
-    model: torch.nn.Module, data: ChunkedData, *, k: int, backend: str = "auto", generator: torch.Generator | None = None,
-    valid: ChunkedData | None = None, objective: str = "model",
-) -> Objective:
-    """The training objective of ``model`` on ``data``: gradients of a batch of its chunks,
-    and the monitor of any ChunkedData. ``generator`` drives the training chains; ``valid``
-    (its 0/1-ness) takes part in the backend choice, since the monitor runs on it too.
-
-    ``objective``: "model" (the model's own: CD-k or exact likelihood; an RBM pretrained
-    on frames is this objective on chunks of one frame), or "rnn-prediction" (the RNN alone
-    predicting each frame, deterministic, torch on any device).
-    """
-    if objective == "rnn-prediction":
-        return TorchRNNPrediction(model, data, k, generator)
-    if objective != "model":
-        raise ValueError(f"objective must be model or rnn-prediction, not {objective!r}")
-    binary = data.binary and (valid is None or valid.binary)
-    chosen = resolve_backend(backend, model, binary=binary)
-    return _OBJECTIVES[(model.model_type, chosen)](model, data, k, generator)
-
-
-def sampler_for(model: torch.nn.Module, backend: str = "auto") -> Sampler:
-    """The sampler of ``model`` (generation, Gibbs chains) on the chosen backend."""
-    chosen = resolve_backend(backend, model)
-    return _SAMPLERS[(model.model_type, chosen)](model)
-
-
-# -- torch: the reference, any device --------------------------------------------------------
-
-
-class _TorchObjective:
-    """An objective autograd differentiates: ``cost`` of a padded batch (B, T, n_visible)
-    returns a CDResult (cost, monitor, n_frames); gradients and the monitor follow from it."""
-
-    backend = "torch"
-    monitor_chunks = 256  # chunks per batch when the monitor runs over a whole split
-
-    def __init__(self, model, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
-        self.model, self.data, self.k, self.generator = model, data, k, generator
-
-    def cost(self, v: Tensor, lengths: Tensor | None, generator: torch.Generator | None):
-        raise NotImplementedError
-
-    def gradients(self, chunk_ids: Tensor) -> StepStats:
-        v, lengths = self.data.batch(chunk_ids)
-        res = self.cost(v, lengths, self.generator)
-        res.cost.backward()
-        return StepStats(res.cost.detach(), res.monitor, res.n_frames)
-
-    @torch.no_grad()
-    def monitor(self, data: ChunkedData, generator: torch.Generator) -> float:
-        total, frames = None, 0
-        for ids in torch.arange(len(data.chunks)).split(self.monitor_chunks):
-            v, lengths = data.batch(ids)
-            res = self.cost(v, lengths, generator)
-            total = res.monitor * res.n_frames if total is None else total + res.monitor * res.n_frames
-            frames += res.n_frames
-        return float(total) / frames
-
-    def compile_message(self) -> str | None:
-        return None
-
-    def warm_up(self) -> None:
-        pass
-
-
-class TorchCD(_TorchObjective):
-    """CD-k by autograd on padded batches (``RNNRBM.cd_cost``)."""
-
-    def cost(self, v, lengths, generator):
-        return self.model.cd_cost(v, lengths, self.k, generator)
-
-
-class TorchRNNPrediction(_TorchObjective):
-    """The RNN's cross-entropy prediction of each frame (``rnn_prediction_cost``), by autograd."""
-
-    def cost(self, v, lengths, generator):
-        return self.model.rnn_prediction_cost(v, lengths)
-
-
-class _ModelSampler:
-    """A sampler that is the model's own ``generate`` (torch, any device)."""
-
-    backend = "torch"
-
-    def __init__(self, model) -> None:
-        self.model = model
-
-    def compile_message(self, job: str = "sample") -> str | None:
-        return None
-
-    def generate(self, n, steps, k, primer=None, generator=None) -> Tensor:
-        return self.model.generate(n, steps, k, primer, generator)
-
-
-class TorchSampler(_ModelSampler):
-    """The RNN-RBM's reference sampler: its generate, Gibbs chains and AIS in torch."""
-
-    def gibbs_chain(self, v, W, bv, bh, k, generator=None) -> Tensor:
-        """k block Gibbs steps from ``v`` (..., n_visible) with biases broadcast against it;
-        one step per call, so that the random numbers of only one step are in memory."""
-        for _ in range(k):
-            v = rbm.gibbs_chain(v, W, bv, bh, 1, generator)
-        return v
-
-    def ais_log_weights(self, W, base, bv, bh, schedule, chains, generator=None) -> Tensor:
-        return rbm.ais_log_weights(W, base, bv, bh, schedule, chains, generator)
-
-    def raise_log_weights(self, W, base, bv, bh, schedule, chains, v, generator=None) -> Tensor:
-        return rbm.raise_log_weights(W, base, bv, bh, schedule, chains, v, generator)
-
-
-# -- numba: the compiled CPU kernels ---------------------------------------------------------
 
 # numpy views of a model's parameters and of their .grad tensors, made once per model and
 # reused while the tensors stay the same objects with the same storage (making them costs
@@ -281,7 +71,7 @@ def _seed(generator: torch.Generator | None) -> np.uint64:
     return np.uint64(int(torch.randint(0, 2**63 - 1, (), generator=generator)))
 
 
-def _arrays(model: rbm.RNNRBM, grads: bool = False) -> list[np.ndarray]:
+def _arrays(model, grads: bool = False) -> list[np.ndarray]:
     """The parameters as numpy views, in RNNRBM.PARAMETERS order; with grads=True, then the
     views of their .grad tensors (created when missing; u0's when it is a fixed buffer is scratch)."""
     tensors = model.parameter_list()
@@ -410,14 +200,14 @@ class NumbaCD:
 
     backend = "numba"
 
-    def __init__(self, model: rbm.RNNRBM, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
+    def __init__(self, model, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
         self.model, self.data, self.k, self.generator = model, data, k, generator
         self.frames = data.frames.numpy()
 
-    def gradients(self, chunk_ids: Tensor) -> StepStats:
+    def gradients(self, chunk_ids: Tensor) -> CostResult:
         starts, lengths = self.data.spans(chunk_ids)
         cost, monitor, n = numba_cd(self.model, self.frames, starts, lengths, self.k, self.generator)
-        return StepStats(torch.tensor(cost), torch.tensor(monitor), n)
+        return CostResult(torch.tensor(cost), torch.tensor(monitor), n)
 
     def monitor(self, data: ChunkedData, generator: torch.Generator) -> float:
         starts, lengths = data.spans(torch.arange(len(data.chunks)))
@@ -441,7 +231,7 @@ class NumbaSampler:
 
     backend = "numba"
 
-    def __init__(self, model: rbm.RNNRBM) -> None:
+    def __init__(self, model) -> None:
         self.model = model
 
     def compile_message(self, job: str = "sample") -> str | None:
@@ -485,7 +275,7 @@ class NumbaSampler:
         return result
 
     def gibbs_chain(self, v, W, bv, bh, k, generator=None) -> Tensor:
-        """k steps of :func:`rnnrbm_cli.model.gibbs_chain` on the CPU from 0/1 ``v``
+        """k steps of :func:`rnnrbm_cli.models.rbm.gibbs_chain` on the CPU from 0/1 ``v``
         (..., n_visible), biases bv (..., n_visible) and bh (..., n_hidden) broadcast
         against it (each row its own, or shared). Returns the last v, shaped like ``v``, float32."""
         kernels = _kernels()
@@ -505,13 +295,13 @@ class NumbaSampler:
         return torch.from_numpy(out).reshape(shape)
 
     def ais_log_weights(self, W, base, bv, bh, schedule, chains, generator=None) -> Tensor:
-        """:func:`rnnrbm_cli.model.ais_log_weights` by the kernels: the same path, a random
+        """:func:`rnnrbm_cli.models.rbm.ais_log_weights` by the kernels: the same path, a random
         stream per run (so the thread count changes nothing), frames in parallel.
         Returns (n, chains) float64."""
         return self._annealing(W, base, bv, bh, schedule, chains, None, generator)
 
     def raise_log_weights(self, W, base, bv, bh, schedule, chains, v, generator=None) -> Tensor:
-        """:func:`rnnrbm_cli.model.raise_log_weights` by the kernels, as ais_log_weights."""
+        """:func:`rnnrbm_cli.models.rbm.raise_log_weights` by the kernels, as ais_log_weights."""
         return self._annealing(W, base, bv, bh, schedule, chains, v, generator)
 
     def _annealing(self, W, base, bv, bh, schedule, chains, v, generator) -> Tensor:
@@ -530,33 +320,3 @@ class NumbaSampler:
         return torch.from_numpy(log_w)
 
 
-# -- the RNN-NADE: exact likelihood, torch on any device ---------------------------------------
-
-
-class TorchNLL(_TorchObjective):
-    """Exact maximum likelihood by autograd (``RNNNADE.nll_cost``); its monitor is the
-    exact log-likelihood per frame."""
-
-    def __init__(self, model, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
-        from rnnrbm_cli.nade import frames_per_batch
-
-        super().__init__(model, data, k, generator)
-        self.monitor_chunks = max(1, frames_per_batch(model) // max(1, data.chunk))
-
-    def cost(self, v, lengths, generator):
-        return self.model.nll_cost(v, lengths)
-
-
-class NADESampler(_ModelSampler):
-    """Exact ancestral sampling (``RNNNADE.generate``)."""
-
-    def gibbs_chain(self, v, W, bv, bh, k, generator=None) -> Tensor:
-        raise TypeError("an RNN-NADE samples exactly; it has no Gibbs chain")
-
-
-# -- what each model has ----------------------------------------------------------------------
-# A new model adds its objective and sampler classes here, one line per (model_type, backend).
-
-_NUMBA_MODELS = {"rnn-rbm"}
-_OBJECTIVES = {("rnn-rbm", "torch"): TorchCD, ("rnn-rbm", "numba"): NumbaCD, ("rnn-nade", "torch"): TorchNLL}
-_SAMPLERS = {("rnn-rbm", "torch"): TorchSampler, ("rnn-rbm", "numba"): NumbaSampler, ("rnn-nade", "torch"): NADESampler}

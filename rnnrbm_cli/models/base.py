@@ -1,4 +1,5 @@
-"""The deterministic RNN that both models condition on, with four recurrences.
+"""What every model shares: its config, the result of a cost, masks, and the deterministic
+RNN that each frame's model conditions on, with four recurrences.
 
     tanh     u(t) = tanh(bu + u(t-1) Wuu + v(t) Wvu)      the tutorial's (cuDNN's fused kernel)
     sigmoid  u(t) = sigmoid(bu + u(t-1) Wuu + v(t) Wvu)   the paper's
@@ -12,14 +13,85 @@ Wvu, Wuu, bu, u0 on the model itself (what checkpoints and the compiled kernels 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-RNN_KINDS = ("tanh", "sigmoid", "lstm", "gru")
+from rnnrbm_cli.choices import RNN_KINDS
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # 88 piano keys, MIDI 21..108: the tutorial's r = (21, 109).
+    n_visible: int = 88
+    # Hidden units of each frame's model (RBM or NADE); the tutorial's n_hidden = 150.
+    n_hidden: int = 150
+    # RNN units; the tutorial's n_hidden_recurrent = 100.
+    n_recurrent: int = 100
+    # Learn the initial state u(0), as the paper does; the tutorial fixes u(0) = 0.
+    learn_u0: bool = False
+    # Which model (models.model_types(): "rnn-rbm", the tutorial's, is the default).
+    model_type: str = "rnn-rbm"
+    # The recurrence: "tanh" (the tutorial), "sigmoid" (the paper), "lstm" or "gru".
+    rnn: str = "tanh"
+
+    def __post_init__(self) -> None:
+        from rnnrbm_cli.models import model_types
+
+        for name in ("n_visible", "n_hidden", "n_recurrent"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if not isinstance(self.learn_u0, bool):
+            raise ValueError(f"learn_u0 must be true or false, not {self.learn_u0!r}")
+        if self.model_type not in model_types():
+            raise ValueError(f"model_type must be one of {', '.join(model_types())}, not {self.model_type!r}")
+        if self.rnn not in RNN_KINDS:
+            raise ValueError(f"rnn must be one of {', '.join(RNN_KINDS)}, not {self.rnn!r}")
+
+
+@dataclass
+class CostResult:
+    """What a model's cost over a padded batch (or one gradient pass of an engine) returns.
+
+    cost : scalar tensor, the mean over real frames of what is minimised (CD's free-energy
+        gap, or minus the log-likelihood); engines return it detached, its gradient in .grad.
+    monitor : scalar tensor (no grad), what is reported per frame in nats: the tutorial's
+        reconstruction monitor for CD, the exact log-likelihood for an exact model.
+    n_frames : number of real (unpadded) frames in the batch.
+    """
+
+    cost: Tensor
+    monitor: Tensor
+    n_frames: int
+
+
+def length_mask(lengths: Tensor, T: int) -> Tensor:
+    """(B, T) float mask, 1 where t < lengths[b]."""
+    return (torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]).float()
+
+
+def masked_mean(per_frame: Tensor, lengths: Tensor | None) -> tuple[Tensor, int]:
+    """The sum of (B, T) per-frame values over real frames, divided by their count; and the count."""
+    B, T = per_frame.shape
+    if lengths is None:
+        return per_frame.sum() / (B * T), B * T
+    n_frames = int(lengths.sum())
+    return (per_frame * length_mask(lengths, T)).sum() / n_frames, n_frames
 
 State = tuple[Tensor, ...]  # (u,) for tanh, sigmoid, gru; (u, cell) for lstm
+
+
+# What every model's "paper" preset pins (its record's paper_preset adds the rest). Every
+# setting that shapes the result is pinned, so that a change of default never changes what
+# the preset trains.
+PAPER_COMMON = {
+    "rnn": "tanh", "n_hidden": 150, "n_recurrent": 100, "learn_u0": True, "chunk": 100, "batch": 1,
+    "momentum": 0.0, "lr_rbm": None, "lr_rnn": None, "clip_grad": 0.0, "ema": 0.0, "seed": 1234,
+    "eval_frames": 500, "eval_chains": 50, "eval_betas": 100, "eval_method": "ais",
+}
 
 
 def normal_init(generator: torch.Generator | None) -> Callable[..., Tensor]:
@@ -33,7 +105,16 @@ def normal_init(generator: torch.Generator | None) -> Callable[..., Tensor]:
 
 class Recurrent(nn.Module):
     """Base of the models: builds and runs the recurrence named by ``config.rnn``, and the
-    conditioning both models share, bv(t) = bv + u(t-1) Wuv and bh(t) = bh + u(t-1) Wuh."""
+    conditioning the frame models share, bv(t) = bv + u(t-1) Wuv and bh(t) = bh + u(t-1) Wuh.
+
+    A subclass sets ``config`` and defines ``training_cost`` and ``generate`` (see
+    ``models/record.py``)."""
+
+    config: ModelConfig
+
+    def training_cost(self, v: Tensor, lengths: Tensor | None, k: int, generator: torch.Generator | None) -> CostResult:
+        """The model's own objective on a padded batch v (B, T, n_visible); backward() gives its gradient."""
+        raise NotImplementedError
 
     def _init_conditioning(self, n_v: int, n_h: int, n_u: int, normal: Callable[..., Tensor]) -> None:
         """bv, bh (zeros) and Wuh, Wuv ~ N(0, 0.0001^2), the tutorial's, drawn in this order."""
@@ -118,33 +199,30 @@ class Recurrent(nn.Module):
             return (torch.sigmoid(self.bu + state[0] @ self.Wuu + v_t @ self.Wvu),)
         return self.run_recurrence(v_t.unsqueeze(1), state)[1]
 
-    # Parameters of the frame model (RBM or NADE); every other parameter is the RNN part's.
-    FRAME_PARAMETERS = ("W", "V", "bv", "bh")
-
     def parameter_parts(self) -> dict[str, list[nn.Parameter]]:
-        """{"rbm": the frame model's parameters, "rnn": the rest}, each in registration order."""
-        parts: dict[str, list[nn.Parameter]] = {"rbm": [], "rnn": []}
+        """{"frame": the per-frame model's parameters (its record's frame_parameters), "rnn": the
+        rest}, each in registration order."""
+        from rnnrbm_cli.models import record_of
+
+        frame = set(record_of(self).frame_parameters)
+        parts: dict[str, list[nn.Parameter]] = {"frame": [], "rnn": []}
         for name, p in self.named_parameters():
-            parts["rbm" if name in self.FRAME_PARAMETERS else "rnn"].append(p)
+            parts["frame" if name in frame else "rnn"].append(p)
         return parts
 
-    def rnn_prediction_cost(self, v: Tensor, lengths: Tensor | None = None):
-        """The RNN alone as a model of the notes: frame t predicted as sigmoid(bv(t)),
-        bv(t) = bv + u(t-1) Wuv, each note independent (the paper's RNN pretraining).
-        Returns a CDResult: cost = mean cross-entropy per real frame (exact: backward is
-        BPTT), monitor = minus that (the log-likelihood of this predictor, nats per frame)."""
-        from rnnrbm_cli.model import CDResult, length_mask
+    def rnn_logits(self, v: Tensor) -> Tensor:
+        """bv(t) = bv + u(t-1) Wuv for every frame of v (B, T, n_visible): the RNN's own
+        prediction of each note, as logits (B, T, n_visible)."""
+        return self.bv + self.previous_outputs(v) @ self.Wuv
 
-        B, T, _ = v.shape
-        u_prev = self.previous_outputs(v)
-        logits = self.bv + u_prev @ self.Wuv
-        nll = nn.functional.binary_cross_entropy_with_logits(logits, v, reduction="none").sum(-1)
-        if lengths is None:
-            n_frames, total = B * T, nll.sum()
-        else:
-            n_frames, total = int(lengths.sum()), (nll * length_mask(lengths, T)).sum()
-        cost = total / n_frames
-        return CDResult(cost=cost, monitor=(-cost).detach(), n_frames=n_frames)
+    def rnn_prediction_cost(self, v: Tensor, lengths: Tensor | None = None) -> CostResult:
+        """The RNN alone as a model of the notes: frame t predicted as sigmoid(bv(t)), each
+        note independent (the paper's RNN pretraining). cost = mean cross-entropy per real
+        frame (exact: backward is BPTT), monitor = minus that (this predictor's
+        log-likelihood, nats per frame)."""
+        nll = nn.functional.binary_cross_entropy_with_logits(self.rnn_logits(v), v, reduction="none").sum(-1)
+        cost, n_frames = masked_mean(nll, lengths)
+        return CostResult(cost=cost, monitor=(-cost).detach(), n_frames=n_frames)
 
     def previous_outputs(self, v: Tensor) -> Tensor:
         """u(t-1) for every frame t of v: (B, T, n_recurrent), u(0) first (the past only)."""

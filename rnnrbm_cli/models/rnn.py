@@ -1,0 +1,107 @@
+"""The paper's "RNN" row (Boulanger-Lewandowski et al. 2012, Table 1): the recurrence alone,
+each note of frame t an independent Bernoulli given the history::
+
+    p(v_i(t) = 1 | v(<t)) = sigmoid(bv(t)_i),      bv(t) = bv + u(t-1) Wuv
+
+It is the RNN-pretraining predictor of the other models made a model of its own: the
+likelihood, the note marginals and sampling are exact, and with ``rnn = "lstm"`` it is the
+usual modern baseline. ``n_hidden`` is not used (there is no frame model with hidden units).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnrbm_cli.models.base import PAPER_COMMON, CostResult, ModelConfig, Recurrent, normal_init
+from rnnrbm_cli.models.record import EXACT, ModelRecord
+
+
+class RNN(Recurrent):
+    """The RNN with independent sigmoid outputs: bv, Wuv and the recurrence (see base.py)."""
+
+    def __init__(self, config: ModelConfig = ModelConfig(model_type="rnn"), generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.config = config
+        n_v, n_u = config.n_visible, config.n_recurrent
+        normal = normal_init(generator)
+        # The other models' initialisation of the same parameters: bias 0, Wuv ~ N(0, 0.0001^2).
+        self.bv = nn.Parameter(torch.zeros(n_v))
+        self.Wuv = nn.Parameter(normal(n_u, n_v, sd=0.0001))
+        self._init_recurrence(config.rnn, n_v, n_u, config.learn_u0, normal, generator)
+
+    def conditional_biases(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """bv(t) (B, T, n_visible) for every frame, and an empty (B, T, 0): no hidden units."""
+        return self.rnn_logits(v), v.new_zeros(*v.shape[:-1], 0)
+
+    def training_cost(self, v, lengths, k, generator) -> CostResult:
+        """Exact maximum likelihood: the cross-entropy of each frame's prediction (``k`` unused)."""
+        return self.rnn_prediction_cost(v, lengths)
+
+    @torch.no_grad()
+    def generate(self, n: int, steps: int, k: int = 0, primer: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """n sequences, each frame's notes drawn independently given the history (``k`` is
+        unused). With a ``primer`` (T0, n_visible) the result begins with it.
+        Returns (n, T0 + steps, n_visible) float 0/1."""
+        device, dtype = self.bv.device, self.bv.dtype
+        state = self.initial_state(n)
+        frames = []
+        if primer is not None and primer.shape[0] > 0:
+            p = primer.to(device=device, dtype=dtype).expand(n, -1, -1)
+            state = self.run_recurrence(p)[1]
+            frames.append(p)
+        out = torch.empty((n, steps, self.config.n_visible), device=device, dtype=dtype)
+        uniform = torch.rand((steps, n, self.config.n_visible), generator=generator, device=device, dtype=dtype)
+        for t in range(steps):
+            v = (uniform[t] < torch.sigmoid(self.bv + state[0] @ self.Wuv)).to(dtype)
+            out[:, t] = v
+            state = self.step(v, state)
+        frames.append(out)
+        return torch.cat(frames, dim=1)
+
+
+@torch.no_grad()
+def exact_log_likelihoods(model: RNN, v: Tensor, bv: Tensor, bh: Tensor, progress=None) -> Tensor:
+    """log p(v_t | history) = sum_i log Bernoulli(v_i; sigmoid(bv(t)_i)), (N,) in nats."""
+    out = -F.binary_cross_entropy_with_logits(bv, v, reduction="none").sum(-1)
+    if progress is not None:
+        progress(v.shape[0])
+    return out
+
+
+@torch.no_grad()
+def exact_marginals(model: RNN, bv: Tensor, bh: Tensor, samples: int, generator=None, progress=None) -> Tensor:
+    """The note marginals sigmoid(bv(t)) (N, n_visible): exact, no samples needed."""
+    if progress is not None:
+        progress(bv.shape[0])
+    return torch.sigmoid(bv)
+
+
+RECORD = ModelRecord(
+    name="rnn",
+    summary="RNN: independent notes given the history (Table 1's RNN row; with --rnn lstm the usual baseline)",
+    model_class=RNN,
+    config_class=ModelConfig,
+    likelihood=EXACT,
+    uses_gibbs=False,
+    frame_parameters=("bv",),
+    exact_log_likelihoods=exact_log_likelihoods,
+    exact_marginals=exact_marginals,
+    # Exact maximum likelihood with Adam, as the RNN-NADE's recipe; the exact validation LL
+    # of every validation frame, every epoch, picks best.pt and stops the run.
+    paper_preset={
+        **PAPER_COMMON, "model_type": "rnn", "pretrain_rbm_epochs": 0, "pretrain_rnn_epochs": 0,
+        "optimizer": "adam", "lr": 0.001, "lr_schedule": "constant", "epochs": 150, "eval_every": 1, "patience": 10,
+    },
+    search_space={
+        "optimizer": "adam",
+        "lr": {"low": 2e-4, "high": 1e-2, "log": True},
+        "lr_schedule": {"choices": ["constant", "plateau"]},
+        "batch": {"choices": [1, 4, 16]},
+        "n_recurrent": {"low": 50, "high": 400, "step": 25},
+        "rnn": {"choices": ["tanh", "gru", "lstm"]},
+        "learn_u0": True,
+    },
+)
