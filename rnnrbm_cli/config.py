@@ -305,7 +305,7 @@ def merge_settings(
     """defaults < preset < config file < flags (flags that are None count as not given).
 
     A preset that depends on the model and data ("paper") takes them from the file and the
-    flags (default rnn-rbm on nottingham).
+    flags (default: the default model, on nottingham).
     """
     given = {k: v for k, v in (flags or {}).items() if v is not None}
     from_file = read_settings_file(config_file) if config_file is not None else {}

@@ -75,7 +75,8 @@ def test_ais_log_z_approaches_the_exact_value_as_betas_grows(n_hidden):
 
 
 def _samplers():
-    from rnnrbm_cli.engines import NumbaSampler, TorchSampler
+    from rnnrbm_cli.engines import TorchSampler
+    from rnnrbm_cli.engines.numba_rbm import NumbaSampler
 
     return {"torch": TorchSampler(None), "numba": NumbaSampler(None)}
 
