@@ -255,9 +255,13 @@ def _print_evaluation(r: dict) -> None:
     table.add_row("ACC (%)", f"{r['frame_accuracy']:.2f}")
     table.add_row("frames", f"{r['frames']:,}")
     annealing = {"ais": "AIS", "raise": "RAISE", "ais+raise": "AIS and RAISE"}
-    method = "exact, by enumeration" if r["method"] == "exact" else f"{annealing[r['method']]}, {r['chains']} chains x {r['betas']} betas"
-    table.add_row("log Z", method)
-    table.add_row("ACC from", f"{r['samples']} samples x {r['gibbs']} Gibbs steps")
+    if r["gibbs"] is None:  # a model whose likelihood is exact: no partition function, no chains
+        table.add_row("LL", "exact")
+        table.add_row("ACC from", "note probabilities sampled or computed exactly (no Gibbs chain)")
+    else:
+        method = "exact, by enumeration" if r["method"] == "exact" else f"{annealing[r['method']]}, {r['chains']} chains x {r['betas']} betas"
+        table.add_row("log Z", method)
+        table.add_row("ACC from", f"{r['samples']} samples x {r['gibbs']} Gibbs steps")
     table.add_row("data", escape(r["data"]))
     table.add_row("seconds", f"{r['seconds']:.1f}")
     out_console.print(table)

@@ -35,7 +35,7 @@ from rnnrbm_cli.checkpoint import load_model
 from rnnrbm_cli.device import resolve_device
 from rnnrbm_cli.engines import sampler_for
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
-
+from rnnrbm_cli.models import record_of
 from rnnrbm_cli.pianoroll import N_KEYS, Grid
 
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -406,7 +406,8 @@ def sample(
     if seed is None:
         seed = secrets.randbits(31)
 
-    say(f"sampling {num} piece{'s' if num != 1 else ''} of {steps} frames (k={k}) on {torch_device}, seed {seed}")
+    chains = f" (k={k})" if record_of(model).uses_gibbs else ""  # k means nothing to a model sampled exactly
+    say(f"sampling {num} piece{'s' if num != 1 else ''} of {steps} frames{chains} on {torch_device}, seed {seed}")
     t0 = time.perf_counter()
     rolls = generate_rolls(model, num, steps, k=k, primer=primer_roll, seed=seed, backend=backend,
                            max_cells=max_cells, on_message=say)
