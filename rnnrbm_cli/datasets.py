@@ -104,6 +104,7 @@ def prepare(
     max_member_bytes: int | None = MAX_MIDI_BYTES,
     progress: bool = True,
     on_warning: Callable[[str], None] | None = None,
+    workers: int = 1,
 ) -> PrepareResult:
     """Turn a dataset or a MIDI collection into a prepared ``.npz``; return where it is.
 
@@ -150,6 +151,12 @@ def prepare(
         Progress bars on stderr (when it is a terminal).
     on_warning : callable, optional
         Called with each warning (one sentence) as it arises; all are also returned.
+    workers : int
+        MIDI only: how many processes sample the files (default 1: this one, no pool),
+        capped at the CPUs (``os.cpu_count()``) and the files. The output, its name and
+        its meta are the same whatever the number: it is not recorded. Rolls and pickles
+        are read in one go and ignore it. With more than 1, a script that calls prepare
+        must do so under ``if __name__ == "__main__":`` (the workers are spawned).
 
     Rolls and pickles are already on their dataset's beat grid and transposed to C by its
     authors; dt, beat_division, transpose and pedal raise RnnrbmUsageError for them, as do
@@ -176,6 +183,8 @@ def prepare(
     for option, limit in (("max_frames", max_frames), ("max_member_bytes", max_member_bytes)):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise RnnrbmUsageError(f"{option} must be a positive whole number (or None for no limit), not {limit!r}.")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise RnnrbmUsageError(f"workers must be a whole number of processes, 1 or more, not {workers!r}.")
 
     def check(kind: str, shown: str, hint: str = "") -> None:
         """Refuse MIDI-only options for gridded rolls, before anything is fetched."""
@@ -230,6 +239,7 @@ def prepare(
                 on_warning=on_warning,
                 pedal=pedal,
                 max_frames=max_frames,
+                workers=workers,
             )
         splits, dropped = rolls.splits, rolls.dropped_notes
         skipped, warnings, split_record = rolls.skipped, rolls.warnings, rolls.split

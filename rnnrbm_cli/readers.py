@@ -8,7 +8,8 @@
 - ``zip_midi_files`` / ``folder_midi_files`` + ``read_midi_collection``: a ``.zip`` of
   ``<Name>/{train,valid,test}/*.mid`` or a folder of MIDI files, sampled by
   ``pianoroll.midi_to_roll``; a folder without train/valid/test subfolders is split by a
-  seeded shuffle.
+  seeded shuffle. ``workers`` > 1 samples the files in a pool of processes, with the same
+  result as one.
 
 ``datasets`` turns what these return into the prepared ``.npz``.
 """
@@ -18,15 +19,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import multiprocessing
 import operator
 import os
 import pickle
 import sys
 import zipfile
 import zlib
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Callable, Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -282,11 +287,15 @@ def read_midi_collection(
     on_warning: Callable[[str], None] | None,
     pedal: bool = False,
     max_frames: int | None = MAX_FRAMES,
+    workers: int = 1,
 ) -> MidiRolls:
     """Sample each file with ``pianoroll.midi_to_roll`` and sort the rolls into splits.
 
     A file that cannot be read, is too large, would be longer than ``max_frames`` or has
     no note on the 88 keys is skipped with a warning naming it and why; the rest go on.
+    ``workers`` (a whole number, 1 or more) processes sample the files, at most
+    ``pool_size`` of them; whatever their number, the rolls, their order, the warnings and
+    the skipped files are those of one.
     """
     if not files:
         raise RnnrbmError(f"{label} holds no .mid or .midi file.")
@@ -319,22 +328,15 @@ def read_midi_collection(
     rolls: list[tuple[str | None, np.ndarray]] = []
     skipped: list[str] = []
     dropped = 0
-    bar = tqdm(assigned, desc=label, unit="file", file=sys.stderr, leave=False, disable=None if progress else True)
-    for split, f in bar:
-        try:
-            # Bytes, not a parsed file: midi_to_roll measures them before pretty_midi does.
-            roll, info = midi_to_roll(
-                f.read(), dt=dt, beat_division=beat_division, transpose=transpose,
-                pedal=pedal, max_frames=max_frames, name=f.name,
-            )
-        except RnnrbmError as e:  # unreadable, too large or too long
+    grid = {"dt": dt, "beat_division": beat_division, "transpose": transpose, "pedal": pedal, "max_frames": max_frames}
+    sampled = _sampled([f for _, f in assigned], grid, pool_size(workers, len(assigned)))
+    bar = tqdm(sampled, total=len(assigned), desc=label, unit="file", file=sys.stderr, leave=False,
+               disable=None if progress else True)
+    for (split, f), (roll, notes_dropped, problem) in zip(assigned, bar):
+        dropped += notes_dropped
+        if problem is not None:
             skipped.append(f.name)
-            warn(f"{str(e).rstrip('.')}; skipped.")
-            continue
-        dropped += info.dropped_notes
-        if not roll.any():
-            skipped.append(f.name)
-            warn(f"{f.name} has no note on the 88 keys outside drum tracks; skipped.")
+            warn(problem)
             continue
         rolls.append((split, roll))
     if not rolls:
@@ -347,6 +349,93 @@ def read_midi_collection(
     for split, roll in rolls:
         splits[split].append(roll)
     return MidiRolls(splits, skipped, warnings, dropped, split_record)
+
+
+def pool_size(workers: int, n_files: int) -> int:
+    """How many processes sample ``n_files`` MIDI files when ``workers`` are asked for.
+
+    No more than the CPUs (``os.cpu_count()``) nor the files: a process more would only
+    wait. 1 means no pool: the files are sampled in this process.
+    """
+    return max(1, min(workers, os.cpu_count() or 1, n_files))
+
+
+# A file's outcome: (roll (T, 88) uint8, notes dropped, None), or (None, notes dropped, the
+# warning saying why it is skipped).
+_Outcome = tuple[np.ndarray | None, int, str | None]
+
+
+def _sample_midi(data: bytes, name: str, grid: dict) -> _Outcome:
+    """One MIDI file's bytes sampled by ``midi_to_roll`` with the options ``grid``.
+
+    At module level and given only bytes and plain values, so that a worker process can
+    run it; one process and a pool share it, and with it every message and limit.
+    """
+    try:
+        # Bytes, not a parsed file: midi_to_roll measures them before pretty_midi does.
+        roll, info = midi_to_roll(data, name=name, **grid)
+    except RnnrbmError as e:  # unreadable or too long
+        return None, 0, _skip_message(e)
+    if not roll.any():
+        return None, info.dropped_notes, f"{name} has no note on the 88 keys outside drum tracks; skipped."
+    return roll, info.dropped_notes, None
+
+
+def _skip_message(error: RnnrbmError) -> str:
+    return f"{str(error).rstrip('.')}; skipped."
+
+
+def _read(f: MidiFile) -> bytes | _Outcome:
+    """A file's bytes, or the outcome of a file that cannot be read or is too large."""
+    try:
+        return f.read()
+    except RnnrbmError as e:
+        return None, 0, _skip_message(e)
+
+
+def _sampled(files: list[MidiFile], grid: dict, workers: int) -> Iterator[_Outcome]:
+    """Each file's ``_sample_midi`` outcome, in the order of ``files``, from ``workers`` processes.
+
+    The files are read here (a zip stays open in one process, and the ``max_bytes`` limit
+    is checked where it always was); only their bytes go to a worker, one file at a time,
+    and at most two files a worker are in flight, so that memory stays bounded whatever
+    the size of the collection.
+    """
+    if workers == 1:  # no pool: nothing to start, nothing to copy
+        for f in files:
+            data = _read(f)
+            yield data if isinstance(data, tuple) else _sample_midi(data, f.name, grid)
+        return
+    # "spawn", not "fork": the caller may hold torch's or numba's threads (prepare runs
+    # inside train and the Python API), and a forked child inherits their locks in
+    # whatever state they were; a spawned worker is a fresh interpreter that imports this
+    # module (not torch). It also behaves the same on Linux, macOS and Windows
+    # ("forkserver" exists only on Unix); its start-up, a few tenths of a second, is paid
+    # once a worker.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pending: deque[tuple[MidiFile, Future | _Outcome]] = deque()  # in the files' order
+    try:
+        for f in files:
+            data = _read(f)
+            pending.append((f, data if isinstance(data, tuple) else pool.submit(_sample_midi, data, f.name, grid)))
+            while len(pending) > 2 * workers:
+                yield _result(*pending.popleft())
+        while pending:
+            yield _result(*pending.popleft())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _result(f: MidiFile, job: Future | _Outcome) -> _Outcome:
+    if not isinstance(job, Future):
+        return job
+    try:
+        return job.result()
+    except BrokenProcessPool as e:  # a worker killed (out of memory?) or unable to start
+        raise RnnrbmError(
+            f"a worker process stopped abruptly while sampling {f.name}; "
+            "prepare again with fewer --workers, or --workers 1."
+        ) from e
 
 
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:

@@ -622,6 +622,123 @@ def test_cli_help():
     assert "Example:" in result.output and "rnnrbm prepare" in result.output
 
 
+# -- several workers ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def pools(monkeypatch) -> list[int]:
+    """The size of each process pool prepare starts, on a machine of 8 CPUs (the cap is
+    the CPUs, and these tests must not depend on the machine's)."""
+    from rnnrbm_cli import readers
+
+    started: list[int] = []
+
+    class RecordedPool(readers.ProcessPoolExecutor):
+        def __init__(self, max_workers, **kw):
+            started.append(max_workers)
+            super().__init__(max_workers, **kw)
+
+    monkeypatch.setattr(readers, "ProcessPoolExecutor", RecordedPool)
+    monkeypatch.setattr(readers.os, "cpu_count", lambda: 8)
+    return started
+
+
+def nottingham_members(zip_path: Path, per_split: int) -> dict[str, bytes]:
+    """The first ``per_split`` MIDI members of each split folder of the real zip, by name."""
+    with zipfile.ZipFile(zip_path) as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".mid"))
+        chosen = [n for split in SPLITS for n in [m for m in names if f"/{split}/" in m][:per_split]]
+        return {n: z.read(n) for n in chosen}
+
+
+def assert_same_arrays(a: Path, b: Path) -> None:
+    """Two prepared files hold the same arrays, byte for byte, meta included (the files
+    themselves differ only in their zip timestamps)."""
+    with np.load(a, allow_pickle=False) as x, np.load(b, allow_pickle=False) as y:
+        assert x.files == y.files
+        for key in x.files:
+            assert (x[key].dtype, x[key].shape) == (y[key].dtype, y[key].shape), key
+            assert x[key].tobytes() == y[key].tobytes(), key
+
+
+def test_two_workers_write_what_one_writes(shared_datasets, tmp_path, pools):
+    songs = tmp_path / "songs"  # unsplit: the seeded split follows the order of the rolls
+    songs.mkdir()
+    for name, data in nottingham_members(shared_datasets / "Nottingham.zip", 8).items():
+        (songs / Path(name).name).write_bytes(data)
+    one = prepare(songs, out=tmp_path / "one.npz", progress=False, workers=1)
+    assert pools == []  # one worker: no pool at all
+    two = prepare(songs, out=tmp_path / "two.npz", progress=False, workers=2)
+    assert pools == [2]
+    assert summary(one)["train"][0] == 19 and sum(n for n, _ in summary(one).values()) == 24
+    assert_same_arrays(one.path, two.path)
+    assert two.meta == one.meta and "workers" not in two.meta
+    assert (two.skipped_files, two.warnings) == ([], [])
+    # The default output name does not depend on the workers either.
+    assert prepare(songs, progress=False, workers=2).path == prepare(songs, progress=False).path
+
+
+def test_two_workers_skip_the_same_files_with_the_same_warnings(shared_datasets, tmp_path, pools):
+    members = nottingham_members(shared_datasets / "Nottingham.zip", 4)
+    limit = max(len(d) for d in members.values()) + 1  # bytes: every real member fits
+    bad = {  # a split each, among the good ones, each skipped for another reason
+        "Mine/train/b_truncated.mid": members[next(iter(members))][:40],
+        "Mine/train/c_text.mid": b"this is a text file, not MIDI\n",
+        "Mine/valid/b_too_large.mid": GOOD + bytes(limit),
+        "Mine/valid/c_too_long.mid": midi_bytes((60, 0.0, 120.0)),  # 400 frames at dt = 0.3
+        "Mine/test/b_no_keys.mid": midi_bytes((120, 0.0, 1.0)),
+    }
+    path = tmp_path / "Mine.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in {**{n.replace("Nottingham/", "Mine/"): d for n, d in members.items()}, **bad}.items():
+            z.writestr(name, data)
+    options = ("--max-frames", "399", "--max-member-mb", f"{limit / 2**20!r}", "--json")
+    results = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}.npz"
+        results[workers] = run(str(path), "--out", str(out), "--workers", workers, *options)
+        assert results[workers].exit_code == 0, results[workers].output
+    assert pools == [2]
+    one, two = (json.loads(results[w].stdout) for w in ("1", "2"))
+    assert one["skipped_files"] == [f"Mine.zip:{n}" for n in sorted(bad)]
+    assert two["skipped_files"] == one["skipped_files"] and two["meta"] == one["meta"]
+    warnings = [line for line in results["1"].stderr.splitlines() if line.startswith("Warning:")]
+    assert [line for line in results["2"].stderr.splitlines() if line.startswith("Warning:")] == warnings
+    reasons = ("Warning: Mine.zip:Mine/test/b_no_keys.mid has no note", "larger than", "more than the 399",
+               "b_truncated.mid", "c_text.mid")
+    assert len(warnings) == 5 and all(any(r in w for w in warnings) for r in reasons), warnings
+    assert_same_arrays(tmp_path / "w1.npz", tmp_path / "w2.npz")
+    # And what they hold is each good member sampled on its own, in name order.
+    data = load_prepared(tmp_path / "w2.npz")
+    for split in SPLITS:
+        expected = [midi_to_roll(d, dt=0.3)[0] for n, d in sorted(members.items()) if f"/{split}/" in n]
+        assert len(data.splits[split]) == len(expected) == 4
+        for got, want in zip(data.splits[split], expected):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "two", "1.5", ""])
+def test_cli_workers_must_be_a_whole_number_from_1(tmp_path, workers, pools):
+    from conftest import one_sentence_error
+
+    line = one_sentence_error(run(str(tmp_path), "--workers", workers), code=2)
+    assert line == f"Error: --workers must be a whole number of processes, 1 or more, not {workers!r}."
+    assert pools == []
+
+
+def test_workers_must_be_a_whole_number_from_1(tmp_path):
+    for workers in (0, -2, 1.0, True, "2", None):
+        with pytest.raises(RnnrbmUsageError, match="workers must be a whole number of processes"):
+            prepare(tmp_path, progress=False, workers=workers)
+
+
+def test_rolls_ignore_the_workers(mirror, tmp_path, pools):
+    one = prepare("jsb-chorales", out=tmp_path / "one.npz", progress=False)
+    two = prepare("jsb-chorales", out=tmp_path / "two.npz", progress=False, workers=4)
+    assert pools == [] and two.meta == one.meta
+    assert_same_arrays(one.path, two.path)
+
+
 # -- the data a checkpoint names -----------------------------------------------------------
 
 
