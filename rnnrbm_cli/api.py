@@ -1,4 +1,5 @@
-"""The Python API: what each command does, as a plain function (``import rnnrbm_cli``).
+"""The Python API and the assembly: the one place that turns a data name or a checkpoint into
+sequences, and hands them to the loop, the evaluation and the study (``import rnnrbm_cli``).
 
     >>> import rnnrbm_cli as rr
     >>> result = rr.train_model(data="nottingham", epochs=2, run_dir="runs/api")  # doctest: +SKIP
@@ -12,18 +13,21 @@ end in _model so that they never clash with the package's modules train, sample,
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from rnnrbm_cli.config import Settings, merge_settings, resolve_settings
-from rnnrbm_cli.datasets import PreparedData, load_prepared, prepare, resolve_data
-from rnnrbm_cli.evaluate import evaluate_checkpoint as evaluate_model
+from rnnrbm_cli.datasets import PreparedData, checkpoint_data, load_prepared, prepare, resolve_data
 from rnnrbm_cli.sample import generate_rolls
 from rnnrbm_cli.sample import sample as sample_model
 
 __all__ = [
     "Settings", "resolve_settings", "prepare", "load_data", "load_model", "train_model", "sample_model", "generate",
-    "evaluate_model",
+    "evaluate_model", "start_training", "resume_training", "tune_model",
 ]
+
+
+# -- data: names and checkpoints -> prepared sequences ---------------------------------------
 
 
 def load_data(
@@ -38,12 +42,55 @@ def load_data(
     return load_prepared(resolve_data(data, source=source, dt=dt, cache_dir=cache_dir, mirror=mirror, progress=False))
 
 
+def data_for_settings(settings: Settings, cache_dir=None, mirror=None) -> tuple[PreparedData, Path]:
+    """The prepared data a run's settings name, and its file."""
+    d = settings.data
+    path = Path(resolve_data(d.data, source=d.source, dt=d.dt, cache_dir=cache_dir, mirror=mirror))
+    return load_prepared(path), path
+
+
+def data_for_checkpoint(payload: dict[str, Any], data=None, cache_dir=None, mirror=None) -> tuple[PreparedData, Path]:
+    """``data`` if given, else the data a checkpoint was trained on (checked to be it), and its file."""
+    path = Path(checkpoint_data(payload, data, cache_dir=cache_dir, mirror=mirror))
+    return load_prepared(path), path
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
 def load_model(checkpoint: str | os.PathLike, device: str = "cpu"):
     """The model in ``checkpoint`` (in eval mode on ``device``) and the checkpoint's payload."""
+    import torch
+
     from rnnrbm_cli.checkpoint import load_model as _load
     from rnnrbm_cli.device import resolve_device
 
-    return _load(checkpoint, resolve_device(device))
+    return _load(checkpoint, resolve_device(device) if isinstance(device, str) else torch.device(device))
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def start_training(settings: Settings, device, command: str = "", callbacks=None, stop=None, cache_dir=None,
+                   mirror=None):
+    """A ``train.Trainer`` for a fresh run of ``settings`` on the data they name, its run
+    directory created and locked (``rnnrbm train``)."""
+    from rnnrbm_cli.train import new_trainer
+
+    data, path = data_for_settings(settings, cache_dir, mirror)
+    return new_trainer(settings, device, data, path, command, callbacks, stop)
+
+
+def resume_training(run_dir: str | os.PathLike, device, epochs: int | None = None, command: str = "", callbacks=None,
+                    stop=None, cache_dir=None, mirror=None):
+    """A ``train.Trainer`` continuing the run in ``run_dir`` on the data it was trained on
+    (``rnnrbm train --resume``)."""
+    from rnnrbm_cli.train import resume_trainer
+
+    def data_for(payload):
+        return data_for_checkpoint(payload, cache_dir=cache_dir, mirror=mirror)
+
+    return resume_trainer(run_dir, device, data_for, epochs, command, callbacks, stop)
 
 
 def train_model(
@@ -54,23 +101,60 @@ def train_model(
     """Train a model as ``rnnrbm train`` does and return its ``TrainResult`` (run_dir,
     checkpoint, best_checkpoint, epochs, metrics).
 
-    Settings: a ``Settings``, or ``preset`` < ``config`` (TOML or a run's config.json) <
-    keyword values, each a flat setting name (``lr=0.003``, ``n_hidden=200``, ``run_dir=...``).
+    Settings: a ``Settings`` (every setting, so nothing is left for a preset or file to
+    give: both together are a usage error), or ``preset`` < ``config`` (TOML or a run's
+    config.json); then keyword values over either, each a flat setting name (``lr=0.003``,
+    ``n_hidden=200``, ``run_dir=...``).
     """
-    import torch  # noqa: F401  (the loop needs it; imported here to keep `import rnnrbm_cli` light)
-
     from rnnrbm_cli.device import resolve_device
-    from rnnrbm_cli.train import new_trainer
+    from rnnrbm_cli.errors import RnnrbmUsageError
 
-    if settings is None:
+    if settings is not None:
+        if preset is not None or config is not None:
+            raise RnnrbmUsageError("give train_model either settings or a preset and config file, not both "
+                                   "(settings hold every value, so the preset or file would be ignored).")
+        settings = settings.with_values(**values)
+    else:
         settings = merge_settings(preset, config, values)
-    elif preset or config or values:
-        settings = merge_settings(None, None, {**settings.flat(), **values})
-    trainer = new_trainer(settings, resolve_device(settings.run.device), command, callbacks, None, cache_dir, mirror)
+    trainer = start_training(settings, resolve_device(settings.run.device), command, callbacks, None, cache_dir, mirror)
     return trainer.train()
+
+
+# -- evaluation, generation, the study -----------------------------------------------------------
+
+
+def evaluate_model(
+    checkpoint: str | os.PathLike, *, data: str | os.PathLike | None = None, split: str = "test",
+    device: str = "auto", cache_dir: str | os.PathLike | None = None, mirror: str | os.PathLike | None = None,
+    seed: int = 0, **options: Any,
+) -> dict:
+    """LL and ACC of the model in ``checkpoint`` on a split of ``data`` (default: the data
+    it was trained on); what ``rnnrbm evaluate`` prints. ``options``: those of
+    ``evaluate.evaluate_split`` (chains, betas, samples, gibbs, max_frames, backend, method,
+    progress, on_message). The dict also has split, checkpoint, data (the prepared file),
+    seed and device."""
+    from rnnrbm_cli.evaluate import evaluate_split
+
+    model, payload = load_model(checkpoint, device)
+    prepared, path = data_for_checkpoint(payload, data, cache_dir, mirror)
+    sequences = prepared.splits.get(split) or []
+    result = evaluate_split(model, sequences, where=str(path), split=split, seed=seed, **options)
+    dev = next(model.parameters()).device
+    result.update(split=split, checkpoint=str(checkpoint), data=str(path), seed=seed, device=str(dev))
+    return result
 
 
 def generate(model, num: int = 1, steps: int = 200, *, k: int = 25, primer=None, seed: int = 0, backend: str = "auto"):
     """``num`` pieces of ``steps`` frames from a model (after a (T0, 88) 0/1 ``primer``):
     np.ndarray, shape=(num, T0 + steps, 88), dtype=uint8. The same seed gives the same rolls."""
     return generate_rolls(model, num, steps, k=k, primer=primer, seed=seed, backend=backend)
+
+
+def tune_model(base: Settings, space, *, cache_dir=None, mirror=None, **options: Any):
+    """A study of ``space`` around ``base`` (``tune.run_study``'s options) on the data base
+    names, resolved once for every trial (``rnnrbm tune``)."""
+    from rnnrbm_cli.tune import run_study
+
+    data, path = data_for_settings(base, cache_dir, mirror)
+    return run_study(base, space, data, path, **options)
+

@@ -220,12 +220,12 @@ def evaluate_cmd(checkpoint, data, split, chains, betas, samples, gibbs, method,
     Example:
       rnnrbm evaluate runs/nottingham/best.pt --split test --max-frames 2000
     """
-    from rnnrbm_cli.evaluate import evaluate_checkpoint
+    from rnnrbm_cli.api import evaluate_model
     from rnnrbm_cli.sample import out_of_memory
 
     progress = _EvalProgress()
     try:
-        result = evaluate_checkpoint(
+        result = evaluate_model(
             checkpoint, data=data, split=split, chains=chains, betas=betas, samples=samples, gibbs=gibbs,
             max_frames=max_frames, seed=seed, device=device, backend=backend, cache_dir=cache_dir, mirror=mirror,
             progress=progress, method=method, on_message=lambda text: err_console.print(escape(text), soft_wrap=True),

@@ -75,12 +75,8 @@ def train(ctx, preset, config_file, resume, mirror, cache_dir, as_json, **flags)
 
     from rnnrbm_cli.config import merge_settings
     from rnnrbm_cli.device import resolve_device
-    from rnnrbm_cli.train import (
-        StopFlag,
-        TrainingInterrupted,
-        new_trainer,
-        resume_trainer,
-    )
+    from rnnrbm_cli.api import resume_training, start_training
+    from rnnrbm_cli.train import StopFlag, TrainingInterrupted
 
     given = {k: v for k, v in flags.items() if v is not None}
     command = " ".join(["rnnrbm", *[_shell_quote(a) for a in sys.argv[1:]]])
@@ -97,9 +93,9 @@ def train(ctx, preset, config_file, resume, mirror, cache_dir, as_json, **flags)
     old = {s: signal.signal(s, lambda signum, frame: stop.set(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if resume:
-            trainer = resume_trainer(resume, device, given.get("epochs"), command, callbacks, stop, cache_dir, mirror)
+            trainer = resume_training(resume, device, given.get("epochs"), command, callbacks, stop, cache_dir, mirror)
         else:
-            trainer = new_trainer(settings, device, command, callbacks, stop, cache_dir, mirror)
+            trainer = start_training(settings, device, command, callbacks, stop, cache_dir, mirror)
         result = trainer.train()
     except TrainingInterrupted as e:
         callbacks.close()

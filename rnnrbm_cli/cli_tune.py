@@ -66,7 +66,8 @@ def tune_cmd(data, model_type, trials, timeout, study_name, storage, space_file,
     import optuna
 
     from rnnrbm_cli.train import StopFlag
-    from rnnrbm_cli.tune import base_settings, model_and_data, read_space, run_study
+    from rnnrbm_cli.api import tune_model
+    from rnnrbm_cli.tune import base_settings, model_and_data, read_space
 
     model_type, data = model_and_data(config_file, model_type, data)
     if not data:
@@ -82,7 +83,7 @@ def tune_cmd(data, model_type, trials, timeout, study_name, storage, space_file,
     progress = _TuneProgress(base.optim.epochs)
     old = {s: signal.signal(s, lambda signum, frame: stop.set(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = run_study(
+        result = tune_model(
             base, space, trials=trials, timeout=timeout, study_name=study_name, storage=storage, pruner=pruner,
             heartbeat=heartbeat, command=command, callbacks=progress, stop=stop, cache_dir=cache_dir, mirror=mirror,
         )

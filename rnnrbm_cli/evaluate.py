@@ -19,7 +19,6 @@ through a ``progress(stage, done, total)`` callback, in frames.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -586,10 +585,11 @@ def exact_likelihood(model) -> bool:
     return record_of(model).exact
 
 
-def evaluate_checkpoint(
-    checkpoint: str | os.PathLike,
+def evaluate_split(
+    model,
+    sequences: Sequence[np.ndarray],
     *,
-    data: str | os.PathLike | None = None,
+    where: str,
     split: str = "test",
     chains: int = DEFAULT_CHAINS,
     betas: int = DEFAULT_BETAS,
@@ -597,43 +597,32 @@ def evaluate_checkpoint(
     gibbs: int = DEFAULT_GIBBS,
     max_frames: int | None = None,
     seed: int = 0,
-    device: str | torch.device = "auto",
     backend: str = "auto",
-    cache_dir: str | os.PathLike | None = None,
-    mirror: str | os.PathLike | None = None,
     progress: Progress | None = None,
     on_message: Callable[[str], None] | None = None,
     method: str = "auto",
 ) -> dict:
-    """:func:`evaluate` of the model in ``checkpoint`` on a split of ``data`` (default: the
-    data it was trained on, see ``datasets.checkpoint_data``); what ``rnnrbm evaluate`` prints.
+    """:func:`evaluate` of a loaded model on the ``split`` sequences of the prepared data at
+    ``where`` (named in messages), after the checks that make the figure meaningful; what
+    ``rnnrbm evaluate`` prints (``api.evaluate_model`` loads the model and the data).
 
-    The dict also has split, checkpoint, data (the prepared file), seed and device.
+    Returns :func:`evaluate`'s dict.
     """
-    from rnnrbm_cli.checkpoint import load_model
-    from rnnrbm_cli.datasets import checkpoint_data, load_prepared
-    from rnnrbm_cli.device import resolve_device
-
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    model, payload = load_model(checkpoint, dev)
     if method == "exact" and not exact_likelihood(model) and model.config.n_hidden > EXACT_LIMIT:
         raise RnnrbmUsageError(f"method exact enumerates 2**n_hidden states, and this model has n_hidden = "
                                f"{model.config.n_hidden} (at most {EXACT_LIMIT}); use ais, raise or both.")
-    path = checkpoint_data(payload, data, cache_dir=cache_dir, mirror=mirror)
-    sequences = load_prepared(path).splits.get(split) or []
     if not any(len(s) for s in sequences):
-        raise RnnrbmError(f"{path} has no frames in its {split!r} split; choose another --split.")
+        raise RnnrbmError(f"{where} has no frames in its {split!r} split; choose another --split.")
     width = {s.shape[1] for s in sequences}
     if width != {model.config.n_visible}:
         raise RnnrbmError(
-            f"{path} has frames of {sorted(width)} keys but the model has {model.config.n_visible} visible units; "
+            f"{where} has frames of {sorted(width)} keys but the model has {model.config.n_visible} visible units; "
             "evaluate it on data prepared like its training data."
         )
     message = sampler_for(model, backend).compile_message("evaluate")
     if message and on_message is not None:
         on_message(message)
-    generator = torch.Generator(device=dev).manual_seed(seed)
-    result = evaluate(model, sequences, chains=chains, betas=betas, samples=samples, gibbs=gibbs,
-                      max_frames=max_frames, generator=generator, progress=progress, backend=backend, method=method)
-    result.update(split=split, checkpoint=str(checkpoint), data=str(path), seed=seed, device=str(dev))
-    return result
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return evaluate(model, sequences, chains=chains, betas=betas, samples=samples, gibbs=gibbs,
+                    max_frames=max_frames, generator=generator, progress=progress, backend=backend, method=method)

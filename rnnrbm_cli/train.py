@@ -559,18 +559,10 @@ class Trainer:
         return {"valid_ll": res.mean, "valid_ll_stderr": res.stderr, "valid_ll_seconds": time.perf_counter() - t0}
 
 
-def _load_data(settings: Settings, cache_dir=None, mirror=None):
-    from rnnrbm_cli.datasets import load_prepared, resolve_data
-
-    d = settings.data
-    path = resolve_data(d.data, source=d.source, dt=d.dt, cache_dir=cache_dir, mirror=mirror)
-    return load_prepared(path), Path(path)
-
-
-def new_trainer(settings: Settings, device, command="", callbacks=None, stop=None, cache_dir=None, mirror=None) -> Trainer:
-    """A trainer for a fresh run: its data resolved, its run directory created and locked."""
-    data, path = _load_data(settings, cache_dir, mirror)
-    trainer = Trainer(settings, device, data, path, callbacks, stop)
+def new_trainer(settings: Settings, device, data, data_path, command="", callbacks=None, stop=None) -> Trainer:
+    """A trainer for a fresh run on ``data`` (prepared, from ``data_path``): its run directory
+    created and locked. ``api.start_training`` resolves the data a setting names."""
+    trainer = Trainer(settings, device, data, data_path, callbacks, stop)
     if trainer.run_dir is None:
         trainer.start_run_dir(command)
         trainer.lock = rundir.RunLock(trainer.run_dir, command)
@@ -585,8 +577,12 @@ def new_trainer(settings: Settings, device, command="", callbacks=None, stop=Non
     return trainer
 
 
-def resume_trainer(run_dir, device, epochs=None, command="", callbacks=None, stop=None, cache_dir=None, mirror=None) -> Trainer:
-    """A trainer that continues the run in ``run_dir`` from its latest checkpoint (locked)."""
+def resume_trainer(run_dir, device, data_for, epochs=None, command="", callbacks=None, stop=None) -> Trainer:
+    """A trainer that continues the run in ``run_dir`` from its latest checkpoint (locked).
+
+    data_for : payload -> (prepared data, its path): the data the checkpoint was trained on
+    (``api.resume_training`` hands the resolver in; the loop knows no data names).
+    """
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoint.pt"
     if not ckpt.is_file():
@@ -597,10 +593,8 @@ def resume_trainer(run_dir, device, epochs=None, command="", callbacks=None, sto
         settings = settings_from_checkpoint(payload).with_values(run_dir=str(run_dir))
         if epochs is not None:
             settings = settings.with_values(epochs=epochs)
-        from rnnrbm_cli.datasets import checkpoint_data, load_prepared
-
-        path = checkpoint_data(payload, cache_dir=cache_dir, mirror=mirror)
-        trainer = Trainer(settings, device, load_prepared(path), path, callbacks, stop)
+        data, path = data_for(payload)
+        trainer = Trainer(settings, device, data, path, callbacks, stop)
         trainer.load_state(payload)
         rundir.trim_metrics(run_dir, trainer.epoch)
         rundir.append_command(run_dir, command)

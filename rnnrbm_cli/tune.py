@@ -20,7 +20,7 @@ so running the same command again continues the study.
 
     >>> space = read_space(None, "rnn")              # the packaged default  # doctest: +SKIP
     >>> base = base_settings(flags={"data": "nottingham", "epochs": 20}, space=space)  # doctest: +SKIP
-    >>> result = run_study(base, space, trials=50)   # doctest: +SKIP
+    >>> result = rnnrbm_cli.api.tune_model(base, space, trials=50)   # doctest: +SKIP
     >>> result.best.value, result.best_toml          # doctest: +SKIP
 """
 
@@ -574,6 +574,8 @@ def summarise_study(study, top: int = 5) -> tuple[dict[str, int], TrialSummary |
 def run_study(
     base: Settings,
     space: Space,
+    data,
+    data_path: Path,
     *,
     trials: int = 20,
     timeout: float | None = None,
@@ -585,15 +587,14 @@ def run_study(
     command: str = "rnnrbm tune",
     callbacks: TuneCallbacks | None = None,
     stop: StopFlag | None = None,
-    cache_dir=None,
-    mirror=None,
 ) -> StudyResult:
     """Run trials of a study until it has ``trials`` finished ones (complete or pruned, by
     any worker), ``timeout`` seconds have passed since the call (no trial starts after it;
     the running one ends), or ``stop`` is set (the running trial is checkpointed and marked failed).
 
     base : every trial's settings before the searched ones (``base_settings``).
-    space : the search space (``read_space``). storage : a database URL (None: the SQLite
+    space : the search space (``read_space``). data, data_path : the prepared data that
+    base names, and its file (``api.tune_model`` resolves them, once for all trials). storage : a database URL (None: the SQLite
     file ``runs_dir/tune-<study>/study.db``). pruner : "median", "halving", "none" or an
     ``optuna.pruners.BasePruner``. heartbeat : seconds between a running trial's heartbeats.
 
@@ -603,7 +604,6 @@ def run_study(
     """
     import optuna
 
-    from rnnrbm_cli.datasets import load_prepared, resolve_data
     from rnnrbm_cli.device import resolve_device
 
     started = time.monotonic()
@@ -621,11 +621,9 @@ def run_study(
     study_dir = Path(runs_dir) / f"tune-{name}"
     device = resolve_device(base.run.device)
 
-    # The data once, before any trial: a missing file or split fails here, not in trial 0.
-    d = base.data
-    data_path = resolve_data(d.data, source=d.source, dt=d.dt, cache_dir=cache_dir, mirror=mirror)
-    if not load_prepared(data_path).splits.get("valid"):
-        raise RnnrbmUsageError(f"{d.data} has no validation sequences; a study judges trials by validation log-likelihood.")
+    # The data was resolved once, before any trial (api.tune_model): a missing split fails here, not in trial 0.
+    if not data.splits.get("valid"):
+        raise RnnrbmUsageError(f"{base.data.data} has no validation sequences; a study judges trials by validation log-likelihood.")
 
     url = storage_url(storage, study_dir)
     shown = display_url(url)
@@ -641,7 +639,7 @@ def run_study(
             raise RnnrbmUsageError(f"study {name} in {shown} minimises its objective; rnnrbm tune maximises log-likelihood, so choose another --study.")
         _check_identity(study, _identity(base, space), name, shown, study_dir)
         return _run(study, base, space, key, device, trials, timeout, started, name, shown, study_dir, heartbeat,
-                    command, callbacks, stop, cache_dir, mirror)
+                    command, callbacks, stop, data, data_path)
     finally:
         rdb.engine.dispose()  # close the pool's connections now, not at interpreter exit
 
@@ -667,7 +665,7 @@ def _check_identity(study, identity: dict[str, Any], name: str, shown: str, stud
 
 
 def _run(study, base, space, key, device, n_trials, timeout, started, name, shown, study_dir, heartbeat, command,
-         callbacks, stop, cache_dir, mirror) -> StudyResult:
+         callbacks, stop, data, data_path) -> StudyResult:
     import optuna
 
     from rnnrbm_cli.train import new_trainer
@@ -706,8 +704,8 @@ def _run(study, base, space, key, device, n_trials, timeout, started, name, show
         callbacks.on_trial_start(trial.number, values, run_dir)
         reporter = _TrialReporter(trial, key, base.eval.eval_every, base.optim.epochs, callbacks)
         try:
-            trainer = new_trainer(settings, device, f"{command}  # study {name}, trial {trial.number}", reporter, stop,
-                                  cache_dir, mirror)
+            trainer = new_trainer(settings, device, data, data_path, f"{command}  # study {name}, trial {trial.number}",
+                                  reporter, stop)
             trainer.train()
         except TrainingDiverged as e:
             _note_on(trial, "diverged", str(e))

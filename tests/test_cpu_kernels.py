@@ -408,13 +408,13 @@ def test_both_backends_learn_the_toy_data(toy_npz, tmp_path, optimizer, momentum
 
 
 def test_compiled_training_resumes_exactly(toy_npz, tmp_path):
-    from rnnrbm_cli.train import resume_trainer
+    from rnnrbm_cli.api import resume_training
 
     full = make_trainer(toy_npz, tmp_path / "full", epochs=3, backend="numba")
     full.train()
     part = make_trainer(toy_npz, tmp_path / "part", epochs=2, backend="numba")
     part.train()
-    resumed = resume_trainer(tmp_path / "part", torch.device("cpu"), epochs=3)
+    resumed = resume_training(tmp_path / "part", torch.device("cpu"), epochs=3)
     assert resumed.objective.backend == "numba"
     resumed.train()
     for k, v in params(full).items():

@@ -11,7 +11,8 @@ import torch
 
 from rnnrbm_cli.datasets import load_prepared
 from rnnrbm_cli.models.rbm import RNNRBM, ModelConfig, free_energy
-from rnnrbm_cli.train import Callbacks, StopFlag, TrainingInterrupted, resume_trainer
+from rnnrbm_cli.api import resume_training
+from rnnrbm_cli.train import Callbacks, StopFlag, TrainingInterrupted
 
 from conftest import make_trainer
 from test_train import StopAt, params
@@ -160,7 +161,7 @@ def test_resume_in_the_middle_of_any_stage_equals_an_uninterrupted_run(toy_npz, 
     part = make_trainer(toy_npz, tmp_path / "part", callbacks=StopAt(stop, *where), stop=stop, **kw)
     with pytest.raises(TrainingInterrupted):
         part.train()
-    resumed = resume_trainer(tmp_path / "part", torch.device("cpu"))
+    resumed = resume_training(tmp_path / "part", torch.device("cpu"))
     resumed.train()
     for k, v in params(full).items():
         assert torch.equal(params(resumed)[k], v), k
@@ -285,7 +286,7 @@ def test_resume_refuses_an_average_that_does_not_fit_the_model(toy_npz, tmp_path
     payload["ema_state"]["W"] = torch.zeros(3, 3)
     save_checkpoint(path, payload)
     with pytest.raises(RnnrbmError, match="ema_state does not fit the model: W is"):
-        resume_trainer(tmp_path / "run", torch.device("cpu"), epochs=2)
+        resume_training(tmp_path / "run", torch.device("cpu"), epochs=2)
 
 
 def test_train_ema_from_the_command_line_writes_the_average_into_best_pt(toy_npz, tmp_path):

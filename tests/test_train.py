@@ -19,12 +19,12 @@ from rnnrbm_cli.checkpoint import load_checkpoint, load_model
 from rnnrbm_cli.cli import cli
 from rnnrbm_cli.datasets import load_prepared
 from rnnrbm_cli.models.rbm import free_energy
+from rnnrbm_cli.api import resume_training
 from rnnrbm_cli.train import (
     Callbacks,
     StopFlag,
     TrainingDiverged,
     TrainingInterrupted,
-    resume_trainer,
 )
 
 from conftest import make_trainer, one_sentence_error, run as run_cli
@@ -81,7 +81,7 @@ def test_resume_after_epoch_two_gives_the_same_parameters(toy_npz, tmp_path, bat
 
     part = make_trainer(toy_npz, tmp_path / "part", epochs=2, batch=batch)
     part.train()
-    resumed = resume_trainer(tmp_path / "part", torch.device("cpu"), epochs=4)
+    resumed = resume_training(tmp_path / "part", torch.device("cpu"), epochs=4)
     resumed.train()
     for k, v in params(full).items():
         assert torch.equal(params(resumed)[k], v), k
@@ -109,7 +109,7 @@ def test_interrupt_mid_epoch_checkpoints_and_resumes_exactly(toy_npz, tmp_path):
     assert (info.value.epoch, info.value.update) == (2, 5)
     payload = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     assert payload["epoch"] == 1 and payload["progress"]["update"] == 5
-    resumed = resume_trainer(tmp_path / "part", torch.device("cpu"))
+    resumed = resume_training(tmp_path / "part", torch.device("cpu"))
     resumed.train()
     for k, v in params(full).items():
         assert torch.equal(params(resumed)[k], v), k

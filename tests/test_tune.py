@@ -274,7 +274,8 @@ def test_timeout_starts_no_trial_after_it(study_env):
 
 def test_a_poor_trial_is_pruned_and_its_run_stopped_cleanly(study_env, toy_npz):
     from rnnrbm_cli import rundir
-    from rnnrbm_cli.tune import TuneCallbacks, base_settings, read_space, run_study
+    from rnnrbm_cli.tune import TuneCallbacks, base_settings, read_space
+    from rnnrbm_cli.api import tune_model
 
     space = read_space("space.toml", "rnn-rbm")
     base = base_settings(flags={"data": "toy.npz", "epochs": 3, "eval_every": 1, "device": "cpu"}, space=space)
@@ -292,7 +293,7 @@ def test_a_poor_trial_is_pruned_and_its_run_stopped_cleanly(study_env, toy_npz):
             ended.append((number, state))
 
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    result = run_study(base, space, trials=3, study_name="p", pruner=pruner, callbacks=Seen())
+    result = tune_model(base, space, trials=3, study_name="p", pruner=pruner, callbacks=Seen())
     assert ended == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "PRUNED")]
     assert result.counts["complete"] == 2 and result.counts["pruned"] == 1
     assert result.best.number in (0, 1)
@@ -304,7 +305,8 @@ def test_a_poor_trial_is_pruned_and_its_run_stopped_cleanly(study_env, toy_npz):
 
 
 def test_a_diverging_trial_counts_as_pruned(study_env):
-    from rnnrbm_cli.tune import base_settings, read_space, run_study
+    from rnnrbm_cli.tune import base_settings, read_space
+    from rnnrbm_cli.api import tune_model
 
     # 1e38: the steps overflow float32 parameters. (A rate of 1e9 diverged on one machine and
     # not on another: the model's cost then grows with the rate but stays finite.)
@@ -315,7 +317,7 @@ def test_a_diverging_trial_counts_as_pruned(study_env):
     study_dir.mkdir(parents=True)
     study = optuna.create_study(study_name="d", storage=f"sqlite:///{study_dir / 'study.db'}", direction="maximize")
     study.enqueue_trial({"lr": 1e38, "n_hidden": 12, "n_recurrent": 6, "k": 1})
-    result = run_study(base, space, trials=1, study_name="d")
+    result = tune_model(base, space, trials=1, study_name="d")
     assert result.counts["pruned"] == 1 and result.best is None and result.best_toml is None
     t = load(study_dir, "d").get_trials()[0]
     assert t.state.name == "PRUNED" and "diverged" in t.user_attrs["diverged"]
