@@ -12,7 +12,6 @@ raised (the CLI sets it from SIGINT/SIGTERM). The run directory's files are ``ru
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import time
@@ -33,6 +32,11 @@ from rnnrbm_cli.chunks import ChunkedData
 from rnnrbm_cli.config import Settings, settings_from_checkpoint
 from rnnrbm_cli.engines import objective_for
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
+from rnnrbm_cli.selection import ModelSelection, ParameterAverage
+from rnnrbm_cli.stages import STAGE_NAMES, Stage, StagePlan, fine_tuning_optimizer, schedule, step_schedule
+
+__all__ = ["Trainer", "TrainResult", "Callbacks", "StopFlag", "TrainingInterrupted", "TrainingDiverged", "STAGE_NAMES",
+           "new_trainer", "resume_trainer", "default_run_name"]
 
 RUNS_DIR = "runs"  # where default run directories are made, relative to the working directory
 
@@ -109,23 +113,6 @@ def default_run_name(settings: Settings) -> str:
     return name + ("-midi" if d.source == "midi" else "")
 
 
-STAGE_NAMES = {"rbm": "RBM pretraining", "rnn": "RNN pretraining", "fine": "training"}
-
-
-@dataclass
-class Stage:
-    """What one stage trains with: its objective, data, optimiser and schedule."""
-
-    name: str
-    objective: Any
-    data: ChunkedData
-    valid: ChunkedData | None
-    batch: int  # chunks per update
-    params: list
-    optimizer: torch.optim.Optimizer
-    scheduler: Any = None
-
-
 class Trainer:
     """Owns the model, optimisers, generators and run directory of one training run.
 
@@ -166,36 +153,26 @@ class Trainer:
             p.grad = torch.zeros_like(p)
         self.shuffle_gen = torch.Generator().manual_seed(seed)
         self.gibbs_gen = torch.Generator(device=device).manual_seed(seed + 1)
-        self.plan = [("rbm", o.pretrain_rbm_epochs), ("rnn", o.pretrain_rnn_epochs), ("fine", o.epochs)]
+        self.plan = StagePlan.of(o)
         self.epoch = 0  # completed epochs, all stages
         self.progress: dict[str, Any] | None = None  # mid-epoch position
-        self.best: dict[str, Any] | None = None
-        self.evals_since_best = 0  # validation LL estimates since the best one (early stopping)
-        self.stopped_early = False
+        self.selection = ModelSelection(by_ll=bool(settings.eval.eval_every and self.valid_sequences),
+                                        patience=o.patience)
         self.last_metrics: dict[str, Any] = {}
-        # the averaged parameters (optim.ema), in the order of model.parameters(); fine-tuning only
-        self.ema: list[torch.Tensor] | None = None
+        self.average = ParameterAverage(self.model, o.ema)  # --ema; fine-tuning only
         self.run_dir: Path | None = Path(settings.run.run_dir) if settings.run.run_dir else None
         self.lock: rundir.RunLock | None = None
-        self.stage: Stage = self._stage(self.stage_of(self.epoch))
+        self.stage: Stage = self._stage(self.plan.stage_of(self.epoch))
 
     # -- stages ---------------------------------------------------------------------------
 
     @property
     def total_epochs(self) -> int:
-        return sum(n for _, n in self.plan)
+        return self.plan.total_epochs
 
-    def stage_of(self, completed: int) -> str:
-        """The stage that epoch ``completed + 1`` belongs to (fine-tuning past the end)."""
-        for name, n in self.plan:
-            if completed < n:
-                return name
-            completed -= n
-        return "fine"
-
-    def fine_epoch(self, epoch: int) -> int:
-        """Epoch number within fine-tuning (1-based) of overall epoch ``epoch``."""
-        return epoch - self.plan[0][1] - self.plan[1][1]
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.selection.best
 
     @property
     def objective(self):
@@ -206,39 +183,27 @@ class Trainer:
         return self.stage.optimizer
 
     def _stage(self, name: str) -> Stage:
-        o, model = self.settings.optim, self.model
+        optim, model = self.settings.optim, self.model
         backend, parts = self.settings.run.backend, model.parameter_parts()
         if name == "rbm":
             # every frame its own sequence: chunks of one frame, shuffled, `chunk` per update
             frames = [f[None] for s in self.train_sequences for f in s]
             data = ChunkedData(frames, 1, self.device)
             valid = ChunkedData([f[None] for s in self.valid_sequences for f in s], 1, self.device) if self.valid_sequences else None
-            objective = objective_for(model, data, k=o.k, backend=backend, generator=self.gibbs_gen, valid=valid)
+            objective = objective_for(model, data, k=optim.k, backend=backend, generator=self.gibbs_gen, valid=valid)
             params = parts["frame"]
-            optimizer = torch.optim.SGD(params, lr=o.pretrain_rbm_lr, momentum=o.momentum, nesterov=o.momentum > 0)
-            return Stage(name, objective, data, valid, o.chunk, params, optimizer)
+            optimizer = torch.optim.SGD(params, lr=optim.pretrain_rbm_lr, momentum=optim.momentum, nesterov=optim.momentum > 0)
+            return Stage(name, objective, data, valid, optim.chunk, params, optimizer)
         if name == "rnn":
-            objective = objective_for(model, self.train_data, k=o.k, objective="rnn-prediction")
+            objective = objective_for(model, self.train_data, k=optim.k, objective="rnn-prediction")
             params = parts["rnn"] + [model.bv]
-            optimizer = torch.optim.Adam(params, lr=o.pretrain_rnn_lr)
-            return Stage(name, objective, self.train_data, self.valid_data, o.batch, params, optimizer)
-        objective = objective_for(model, self.train_data, k=o.k, backend=backend, generator=self.gibbs_gen,
+            optimizer = torch.optim.Adam(params, lr=optim.pretrain_rnn_lr)
+            return Stage(name, objective, self.train_data, self.valid_data, optim.batch, params, optimizer)
+        objective = objective_for(model, self.train_data, k=optim.k, backend=backend, generator=self.gibbs_gen,
                                   valid=self.valid_data)
-        if o.lr_rbm is None and o.lr_rnn is None:
-            groups = [{"params": list(model.parameters())}]
-        else:
-            groups = [{"params": parts["frame"], "lr": o.lr_rbm or o.lr}, {"params": parts["rnn"], "lr": o.lr_rnn or o.lr}]
-        if o.optimizer == "adam":
-            optimizer = torch.optim.Adam(groups, lr=o.lr)
-        else:
-            optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
-        scheduler = None
-        if o.lr_schedule == "exp":
-            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=o.lr_decay)
-        elif o.lr_schedule == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=o.lr_decay,
-                                                                   patience=o.lr_patience)
-        return Stage(name, objective, self.train_data, self.valid_data, o.batch, list(model.parameters()), optimizer, scheduler)
+        optimizer = fine_tuning_optimizer(model, parts, optim)
+        return Stage(name, objective, self.train_data, self.valid_data, optim.batch, list(model.parameters()), optimizer,
+                     schedule(optimizer, optim))
 
     # Fewer plain-SGD steps than this at the tutorial's rate leave the model below an
     # independent-notes baseline (measured on JSB chorales: 48,600 steps, -10.70 against -10.48).
@@ -247,14 +212,14 @@ class Trainer:
     def advice(self) -> str | None:
         """A sentence for the user when the settings are the tutorial's plain SGD and the data
         is too small for them to train the model within the epochs asked for."""
-        o = self.settings.optim
-        if o.optimizer != "sgd" or o.lr > 0.001 or o.momentum or o.pretrain_rbm_epochs or o.pretrain_rnn_epochs:
+        optim = self.settings.optim
+        if optim.optimizer != "sgd" or optim.lr > 0.001 or optim.momentum or optim.pretrain_rbm_epochs or optim.pretrain_rnn_epochs:
             return None
-        per_epoch = -(-len(self.train_data.chunks) // o.batch)
-        steps = per_epoch * o.epochs
+        per_epoch = -(-len(self.train_data.chunks) // optim.batch)
+        steps = per_epoch * optim.epochs
         if steps >= self.MIN_TUTORIAL_STEPS:
             return None
-        return (f"Note: {per_epoch:,} updates per epoch make {steps:,} plain SGD steps at lr {o.lr:g}, too few for these "
+        return (f"Note: {per_epoch:,} updates per epoch make {steps:,} plain SGD steps at lr {optim.lr:g}, too few for these "
                 f"settings to learn this data (a model of independent notes does better); --preset paper trains it "
                 "properly.")
 
@@ -264,11 +229,9 @@ class Trainer:
         """What a checkpoint holds; ``averaged``: the model is the averaged one (best.pt), when
         there is an average."""
         model_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        ema_state = None
-        if self.ema is not None:
-            ema_state = {name: a.detach().cpu().clone() for (name, _), a in zip(self.model.named_parameters(), self.ema)}
-            if averaged:
-                model_state.update(ema_state)
+        ema_state = self.average.state()
+        if ema_state is not None and averaged:
+            model_state.update(ema_state)
         return {
             "model_type": self.settings.model.model_type,
             "model_config": asdict(self.settings.model),
@@ -282,8 +245,7 @@ class Trainer:
             "scheduler_state": self.stage.scheduler.state_dict() if self.stage.scheduler is not None else None,
             "rng": {"shuffle": self.shuffle_gen.get_state(), "gibbs": self.gibbs_gen.get_state()},
             "progress": self.progress,
-            "metrics": {"last": self.last_metrics, "best": self.best, "evals_since_best": self.evals_since_best,
-                        "stopped_early": self.stopped_early},
+            "metrics": self.selection.state(self.last_metrics),
         }
 
     def load_state(self, payload: dict[str, Any]) -> None:
@@ -299,18 +261,14 @@ class Trainer:
         if self.stage.scheduler is not None and payload.get("scheduler_state") is not None:
             self.stage.scheduler.load_state_dict(payload["scheduler_state"])
         metrics = payload.get("metrics") or {}
-        self.best = metrics.get("best")
+        self.selection.load(metrics)
         self.last_metrics = metrics.get("last") or {}
-        self.evals_since_best = int(metrics.get("evals_since_best") or 0)
-        self.stopped_early = bool(metrics.get("stopped_early"))
         ema_state = payload.get("ema_state")
-        self.ema = None
         if ema_state is not None:
-            named = dict(self.model.named_parameters())
-            problem = state_problem(named, ema_state, key="ema_state")
+            problem = state_problem(dict(self.model.named_parameters()), ema_state, key="ema_state")
             if problem:
                 raise RnnrbmError(f"the checkpoint's ema_state does not fit the model: {problem}.")
-            self.ema = [ema_state[name].to(self.device, p.dtype).clone() for name, p in named.items()]
+        self.average.load(ema_state, self.device)
 
     def _params_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
@@ -358,13 +316,13 @@ class Trainer:
         if advice is not None and self.epoch == 0:
             self.callbacks.on_message(advice)
         announced = None
-        while self.epoch < self.total_epochs and not self.stopped_early:
-            name = self.stage_of(self.epoch)
+        while self.epoch < self.total_epochs and not self.selection.stopped_early:
+            name = self.plan.stage_of(self.epoch)
             if name != self.stage.name:
                 self.stage = self._stage(name)
             if announced != name:
                 announced = name
-                self.callbacks.on_stage(name, dict(self.plan).get(name, 0))
+                self.callbacks.on_stage(name, self.plan.epochs_of(name))
                 message = self.objective.compile_message()
                 if message is not None:
                     self.callbacks.on_message(message)
@@ -372,13 +330,13 @@ class Trainer:
             metrics = self._run_epoch(self.epoch + 1)
             self.epoch += 1
             self.progress = None
-            is_best = self._update_best(metrics)
+            is_best = self.selection.update(metrics)
             self.last_metrics = metrics
             self.save(best=is_best)
             # metrics after the checkpoint: a crash in between costs a line, never a mismatch
             rundir.append_metrics(self.run_dir, metrics)
             self.callbacks.on_epoch_end(metrics)
-            if self.stopped_early:
+            if self.selection.stopped_early:
                 self.callbacks.on_message(
                     f"Stopped early: validation LL has not improved for {self.settings.optim.patience} estimates; "
                     f"best.pt is epoch {self.best['epoch']}."
@@ -393,42 +351,40 @@ class Trainer:
         )
 
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
-        o, stage, model = self.settings.optim, self.stage, self.model
+        optim, stage, model = self.settings.optim, self.stage, self.model
         data, objective, optimizer = stage.data, stage.objective, stage.optimizer
         model.train()
         if self.progress is not None:  # resuming inside an epoch
-            p = self.progress
-            order, first = p["order"], int(p["update"])
-            monitor_sum, cost_sum = float(p["monitor_sum"]), float(p["cost_sum"])
-            seconds_before, frames_done = float(p["seconds"]), int(p["frames"])
+            saved = self.progress
+            order, first = saved["order"], int(saved["update"])
+            monitor_sum, cost_sum = float(saved["monitor_sum"]), float(saved["cost_sum"])
+            seconds_before, frames_done = float(saved["seconds"]), int(saved["frames"])
         else:
             order, first = data.epoch_order(stage.batch, self.shuffle_gen), 0
             monitor_sum, cost_sum = 0.0, 0.0
             seconds_before, frames_done = 0.0, 0
         batches = order.split(stage.batch)
         n_updates = len(batches)
-        averaging = stage.name == "fine" and o.ema > 0
-        if averaging and self.ema is None:  # the average starts where fine-tuning starts
-            self.ema = [p.detach().clone() for p in model.parameters()]
+        averaging = stage.name == "fine" and optim.ema > 0
+        if averaging:
+            self.average.start()
         self.callbacks.on_epoch_start(epoch, n_updates, first)
         t0 = time.perf_counter()
-        for u in range(first, n_updates):
+        for update in range(first, n_updates):
             optimizer.zero_grad(set_to_none=False)
-            stats = objective.gradients(batches[u])
-            if o.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(stage.params, o.clip_grad)
+            stats = objective.gradients(batches[update])
+            if optim.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(stage.params, optim.clip_grad)
             optimizer.step()
             if averaging:
-                with torch.no_grad():
-                    for a, p in zip(self.ema, model.parameters()):
-                        a.lerp_(p, 1.0 - o.ema)
+                self.average.update()
             # sums stay tensors on the device: no synchronisation per update
             monitor_sum = monitor_sum + stats.monitor
             cost_sum = cost_sum + stats.cost
             frames_done += stats.n_frames
-            self.callbacks.on_update(epoch, u + 1, n_updates)
-            if self.stop.signum is not None and u + 1 < n_updates:
-                self._interrupt(epoch, u + 1, order, monitor_sum, cost_sum, seconds_before + time.perf_counter() - t0, frames_done)
+            self.callbacks.on_update(epoch, update + 1, n_updates)
+            if self.stop.signum is not None and update + 1 < n_updates:
+                self._interrupt(epoch, update + 1, order, monitor_sum, cost_sum, seconds_before + time.perf_counter() - t0, frames_done)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = seconds_before + time.perf_counter() - t0
@@ -452,7 +408,7 @@ class Trainer:
         metrics["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         if self.stop.signum is not None:  # a signal during the last update or validation
             self.epoch, self.progress = epoch, None
-            self._update_best(metrics)
+            self.selection.update(metrics)
             self.last_metrics = metrics
             self.save(best=self.best is not None and self.best.get("epoch") == epoch)
             rundir.append_metrics(self.run_dir, metrics)
@@ -463,20 +419,13 @@ class Trainer:
     def _validate(self, epoch: int, metrics: dict[str, Any]) -> None:
         """Validation LL when due (every eval_every fine-tuning epochs, and the last), then
         the schedule and early stopping."""
-        e, o, sched = self.settings.eval, self.settings.optim, self.stage.scheduler
-        n = self.fine_epoch(epoch)
+        e = self.settings.eval
+        n = self.plan.fine_epoch(epoch)
         due = e.eval_every and self.valid_sequences and (n % e.eval_every == 0 or epoch == self.total_epochs)
         if due:
             metrics.update(self.valid_log_likelihood())
-            improved = self.best is None or self.best.get("metric") != "valid_ll" or metrics["valid_ll"] > self.best["value"]
-            self.evals_since_best = 0 if improved else self.evals_since_best + 1
-            if o.patience and self.evals_since_best >= o.patience:
-                self.stopped_early = True
-                metrics["stopped_early"] = True
-            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                sched.step(metrics["valid_ll"])
-        if isinstance(sched, torch.optim.lr_scheduler.ExponentialLR):
-            sched.step()
+            self.selection.estimated(metrics)
+        step_schedule(self.stage.scheduler, metrics["valid_ll"] if due else None)
 
     def _kept(self) -> str:
         if (self.run_dir / "checkpoint.pt").exists():
@@ -493,40 +442,6 @@ class Trainer:
         self.save()
         raise TrainingInterrupted(self.stop.signum, self.run_dir, epoch, update)
 
-    def _update_best(self, metrics: dict[str, Any]) -> bool:
-        """Is this epoch the best so far? By validation LL when it is measured (eval_every),
-        else by the validation monitor; with no validation data the latest is the best.
-        Pretraining epochs are never the best: they train a part of the model only."""
-        if metrics.get("stage", "fine") != "fine":
-            return False
-        key = "valid_ll" if self.settings.eval.eval_every and self.valid_sequences else "valid_monitor"
-        value = metrics.get(key)
-        if value is None:
-            return self.best is None
-        if self.best is None or self.best.get("metric") != key or value > self.best["value"]:
-            self.best = {"metric": key, "value": value, "epoch": metrics["epoch"]}
-            return True
-        return False
-
-    @contextlib.contextmanager
-    def averaged(self):
-        """The model with the averaged parameters in place of its own, while inside (no change
-        without an average): what validation measures and best.pt holds."""
-        if self.ema is None:
-            yield self.model
-            return
-        params = list(self.model.parameters())
-        with torch.no_grad():
-            own = [p.detach().clone() for p in params]
-            for p, a in zip(params, self.ema):
-                p.copy_(a)
-        try:
-            yield self.model
-        finally:
-            with torch.no_grad():
-                for p, o in zip(params, own):
-                    p.copy_(o)
-
     @torch.no_grad()
     def valid_monitor(self) -> float | None:
         """The stage's monitor on the validation split, with a fixed seed so that epochs compare."""
@@ -535,7 +450,7 @@ class Trainer:
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(self.settings.run.seed + 2)
         try:
-            with self.averaged():
+            with self.average.averaged():
                 return self.objective.monitor(self.stage.valid, gen)
         finally:
             self.model.train()
@@ -548,7 +463,7 @@ class Trainer:
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(self.settings.run.seed + 3)
         t0 = time.perf_counter()
-        with self.averaged():
+        with self.average.averaged():
             res = log_likelihood(
                 self.model, self.valid_sequences, chains=e.eval_chains, betas=e.eval_betas, method=e.eval_method,
                 # an exact likelihood is cheap: all validation frames then

@@ -664,48 +664,54 @@ def _check_identity(study, identity: dict[str, Any], name: str, shown: str, stud
             )
 
 
-def _run(study, base, space, key, device, n_trials, timeout, started, name, shown, study_dir, heartbeat, command,
-         callbacks, stop, data, data_path) -> StudyResult:
-    import optuna
+class _TrialRunner:
+    """Optuna's objective: one trial as an ordinary training run. ``number`` and ``raised``
+    say which trial the latest ``study.optimize`` call ran and what it raised (reset by ``begin``)."""
 
-    from rnnrbm_cli.train import new_trainer
+    def __init__(self, study, base: Settings, space: Space, key: str, device, n_trials: int, name: str,
+                 study_dir: Path, command: str, callbacks: TuneCallbacks, stop: StopFlag, data, data_path) -> None:
+        self.study, self.base, self.space, self.key, self.device = study, base, space, key, device
+        self.n_trials, self.name, self.study_dir, self.command = n_trials, name, study_dir, command
+        self.callbacks, self.stop, self.data, self.data_path = callbacks, stop, data, data_path
+        self.host = socket.gethostname()
+        self.begin()
 
-    counts = _counts(study.get_trials(deepcopy=False))
-    callbacks.on_study({"study": name, "storage": shown, "study_dir": str(study_dir), "trials": n_trials,
-                        "counts": counts, "objective": key})
-    host = socket.gethostname()
-    ran: list[int] = []
-    stopped = "trials"
-    waiting = False
+    def begin(self) -> None:
+        self.number: int | None = None
+        self.raised: BaseException | None = None
 
-    def objective(trial) -> float:
-        state["number"] = trial.number
+    def __call__(self, trial) -> float:
+        self.number = trial.number
         try:
-            return _objective(trial)
+            return self._run_trial(trial)
         except BaseException as e:
-            state["raised"] = e
+            self.raised = e
             raise
 
-    def _objective(trial) -> float:
+    def _run_trial(self, trial) -> float:
+        import optuna
+
+        from rnnrbm_cli.train import new_trainer
+
         # Cancel if, counting the trials started before this one, the total is already met.
-        others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+        others = [t for t in self.study.get_trials(deepcopy=False) if t.number != trial.number]
         earlier = sum(t.state.name == "RUNNING" and t.number < trial.number for t in others)
-        c = _counts(others)
-        if c["complete"] + c["pruned"] + earlier >= n_trials:
+        counts = _counts(others)
+        if counts["complete"] + counts["pruned"] + earlier >= self.n_trials:
             trial.set_user_attr("cancelled", "another worker started the study's last trial at the same moment")
             raise _Cancelled()
-        values = {p.key: p.suggest(trial) for p in space.params.values()}
-        run_dir = study_dir / f"trial-{trial.number}"
-        settings = base.with_values(**values, run_dir=str(run_dir))
+        values = {p.key: p.suggest(trial) for p in self.space.params.values()}
+        run_dir = self.study_dir / f"trial-{trial.number}"
+        settings = self.base.with_values(**values, run_dir=str(run_dir))
         flat = {k: v for k, v in settings.flat().items() if k != "run_dir"}
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
-        trial.set_user_attr("host", host)
+        trial.set_user_attr("host", self.host)
         trial.set_user_attr("settings", flat)
-        callbacks.on_trial_start(trial.number, values, run_dir)
-        reporter = _TrialReporter(trial, key, base.eval.eval_every, base.optim.epochs, callbacks)
+        self.callbacks.on_trial_start(trial.number, values, run_dir)
+        reporter = _TrialReporter(trial, self.key, self.base.eval.eval_every, self.base.optim.epochs, self.callbacks)
         try:
-            trainer = new_trainer(settings, device, data, data_path, f"{command}  # study {name}, trial {trial.number}",
-                                  reporter, stop)
+            trainer = new_trainer(settings, self.device, self.data, self.data_path,
+                                  f"{self.command}  # study {self.name}, trial {trial.number}", reporter, self.stop)
             trainer.train()
         except TrainingDiverged as e:
             _note_on(trial, "diverged", str(e))
@@ -722,6 +728,19 @@ def _run(study, base, space, key, device, n_trials, timeout, started, name, show
             raise RnnrbmError(f"trial {trial.number} reported no validation log-likelihood; see {run_dir}/metrics.jsonl.")
         return reporter.best
 
+
+def _run(study, base, space, key, device, n_trials, timeout, started, name, shown, study_dir, heartbeat, command,
+         callbacks, stop, data, data_path) -> StudyResult:
+    import optuna
+
+    counts = _counts(study.get_trials(deepcopy=False))
+    callbacks.on_study({"study": name, "storage": shown, "study_dir": str(study_dir), "trials": n_trials,
+                        "counts": counts, "objective": key})
+    runner = _TrialRunner(study, base, space, key, device, n_trials, name, study_dir, command, callbacks, stop, data,
+                          data_path)
+    ran: list[int] = []
+    stopped = "trials"
+    waiting = False
     try:
         while True:
             if stop.signum is not None:
@@ -733,41 +752,40 @@ def _run(study, base, space, key, device, n_trials, timeout, started, name, show
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
-            c = _counts(study.get_trials(deepcopy=False))
-            done = c["complete"] + c["pruned"]
+            counts = _counts(study.get_trials(deepcopy=False))
+            done = counts["complete"] + counts["pruned"]
             if done >= n_trials:
                 break
-            if done + c["running"] >= n_trials:  # the rest is running elsewhere: wait for it
+            if done + counts["running"] >= n_trials:  # the rest is running elsewhere: wait for it
                 if not waiting:
-                    callbacks.on_wait(c["running"])
+                    callbacks.on_wait(counts["running"])
                     waiting = True
                 _sleep(heartbeat, stop, started, timeout)
                 continue
             waiting = False
-            state: dict[str, Any] = {}
+            runner.begin()
             try:
-                study.optimize(objective, n_trials=1, catch=())
+                study.optimize(runner, n_trials=1, catch=())
             except _Cancelled:
                 continue
             except TrainingInterrupted as e:
                 stopped = "interrupted"
                 stop.set(e.signum)
-                ran.append(state["number"])
-                callbacks.on_trial_end(state["number"], "FAIL", None, "interrupted")
+                ran.append(runner.number)
+                callbacks.on_trial_end(runner.number, "FAIL", None, "interrupted")
                 break
             except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as e:
                 # Another worker took this live trial for dead (no heartbeat within the grace
                 # period) and failed it, so that reporting or telling it failed: go on.
-                own = isinstance(e, ValueError) and state.get("raised") is e  # the objective's own error
-                if own or "number" not in state or _trial(study, state["number"]).state.name != "FAIL":
+                own = isinstance(e, ValueError) and runner.raised is e  # the objective's own error
+                if own or runner.number is None or _trial(study, runner.number).state.name != "FAIL":
                     raise
-                ran.append(state["number"])
-                callbacks.on_message(f"trial {state['number']} was marked failed by another worker ({_first_line(e)}).")
+                ran.append(runner.number)
+                callbacks.on_message(f"trial {runner.number} was marked failed by another worker ({_first_line(e)}).")
                 continue
-            number = state["number"]
-            ran.append(number)
-            t = _summary(_trial(study, number))
-            callbacks.on_trial_end(number, t.state, t.value, t.note)
+            ran.append(runner.number)
+            summary = _summary(_trial(study, runner.number))
+            callbacks.on_trial_end(runner.number, summary.state, summary.value, summary.note)
     finally:
         counts, best, top = summarise_study(study)
         best_toml = None

@@ -165,7 +165,7 @@ def test_resume_in_the_middle_of_any_stage_equals_an_uninterrupted_run(toy_npz, 
     resumed.train()
     for k, v in params(full).items():
         assert torch.equal(params(resumed)[k], v), k
-    assert all(torch.equal(a, b) for a, b in zip(full.ema, resumed.ema))
+    assert all(torch.equal(a, b) for a, b in zip(full.average.values, resumed.average.values))
     assert [m["stage"] for m in metrics_of(tmp_path / "part")] == ["rbm", "rbm", "rnn", "rnn", "fine", "fine"]
 
 
@@ -188,7 +188,7 @@ def test_the_parameter_average_is_the_plain_recurrence_and_what_validation_and_b
     real = evaluate.log_likelihood
 
     def watched(model, *a, **kw):
-        seen.append(all(torch.equal(p, e) for p, e in zip(model.parameters(), t.ema)))
+        seen.append(all(torch.equal(p, e) for p, e in zip(model.parameters(), t.average.values)))
         return real(model, *a, **kw)
 
     monkeypatch.setattr(evaluate, "log_likelihood", watched)
@@ -199,26 +199,26 @@ def test_the_parameter_average_is_the_plain_recurrence_and_what_validation_and_b
     average = trace[0]
     for step in trace[1:]:
         average = [decay * a + (1 - decay) * p for a, p in zip(average, step)]
-    for a, e in zip(average, t.ema):
+    for a, e in zip(average, t.average.values):
         torch.testing.assert_close(e, a, rtol=1e-5, atol=1e-6)
     assert seen == [True, True]  # both validation estimates measured the average ...
     raw = [p.detach() for p in t.model.parameters()]
-    assert not all(torch.equal(p, e) for p, e in zip(raw, t.ema))  # ... and the model got its own back
+    assert not all(torch.equal(p, e) for p, e in zip(raw, t.average.values))  # ... and the model got its own back
     names = [name for name, _ in t.model.named_parameters()]
     last = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(last["model_state"][n], p) for n, p in zip(names, raw))
-    assert all(torch.equal(last["ema_state"][n], e) for n, e in zip(names, t.ema))
+    assert all(torch.equal(last["ema_state"][n], e) for n, e in zip(names, t.average.values))
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert all(torch.equal(best["model_state"][n], best["ema_state"][n]) for n in names)
     if best["epoch"] == 3:  # the last epoch: the average it holds is the trainer's
-        assert all(torch.equal(best["model_state"][n], e) for n, e in zip(names, t.ema))
+        assert all(torch.equal(best["model_state"][n], e) for n, e in zip(names, t.average.values))
 
 
 def test_a_run_without_an_average_keeps_none(toy_npz, tmp_path):
     t = make_trainer(toy_npz, tmp_path / "run", epochs=1)
     t.train()
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
-    assert t.ema is None and best["ema_state"] is None
+    assert t.average.values is None and best["ema_state"] is None
     assert all(torch.equal(best["model_state"][n], p) for n, p in t.model.named_parameters())
 
 
