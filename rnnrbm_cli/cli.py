@@ -22,7 +22,7 @@ import click
 from rich.console import Console
 
 from rnnrbm_cli import __version__, models
-from rnnrbm_cli.choices import BACKENDS, EVAL_METHODS, FORMS, LL_METHODS, RNN_KINDS
+from rnnrbm_cli.choices import BACKENDS, EVAL_METHODS, FORMS, LL_METHODS
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 
 # Messages and tables for people go to stderr; stdout carries results only.

@@ -6,8 +6,9 @@ import sys
 
 import click
 
+from rnnrbm_cli.choices import RNN_KINDS
 from rnnrbm_cli.cli import (
-    _BACKENDS, _EVAL_METHODS, MODEL_HELP, RNN_KINDS, ModelChoice, cli,
+    _BACKENDS, _EVAL_METHODS, MODEL_HELP, ModelChoice, cli,
     err_console, print_json,
 )
 

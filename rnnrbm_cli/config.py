@@ -15,6 +15,7 @@ settings by section to ``config.json``, which ``--config`` takes back as it is.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -27,7 +28,7 @@ from rnnrbm_cli.models.base import ModelConfig
 from rnnrbm_cli.pianoroll import check_dt
 
 __all__ = [
-    "ModelConfig", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "Settings", "PRESETS", "preset_values",
+    "ModelConfig", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "Settings", "PRESETS", "preset_values", "toml_text",
     "resolve_settings", "merge_settings", "read_settings_file", "settings_from_checkpoint",
 ]
 
@@ -307,16 +308,29 @@ def merge_settings(
     A preset that depends on the model and data ("paper") takes them from the file and the
     flags (default: the default model, on nottingham).
     """
+    return resolve_settings(merged_values(preset, config_file, flags))
+
+
+def merged_values(
+    preset: str | None = None, config_file: str | Path | None = None, flags: Mapping[str, Any] | None = None, *,
+    defaults: Mapping[str, Any] | None = None, over_file: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The flat values of the one merge, before they are checked:
+
+        ``defaults`` (a caller's own, e.g. a study's) < preset < config file < ``over_file``
+        (e.g. a search space's fixed values) < flags (None counts as not given)
+    """
     given = {k: v for k, v in (flags or {}).items() if v is not None}
     from_file = read_settings_file(config_file) if config_file is not None else {}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(defaults or {})
     if preset is not None:
-        later = {**from_file, **given}
+        later = {**from_file, **(over_file or {}), **given}
         model_type = later.get("model_type", _DEFAULTS["model_type"])
         values.update(preset_values(preset, model_type, later.get("data", _DEFAULTS["data"])))
     values.update(from_file)
+    values.update(over_file or {})
     values.update(given)
-    return resolve_settings(values)
+    return values
 
 
 def by_section(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -337,3 +351,36 @@ def settings_from_checkpoint(payload: Mapping[str, Any]) -> Settings:
     if isinstance(payload.get("settings"), Mapping):
         values.update(flatten(payload["settings"], where="the checkpoint"))
     return resolve_settings(values)
+
+
+# --- writing settings back: the one TOML writer ------------------------------------------
+
+
+def toml_value(v: Any) -> str:
+    """A setting's value as TOML (inline tables for a search space's ranges)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")  # a JSON string is a TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):  # an inline table of bare keys (a search space's ranges)
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def toml_text(flat: Mapping[str, Any], header: str = "") -> str:
+    """Flat settings as a TOML settings file by section (``config.read_settings_file``
+    reads it back as the same values; None, meaning "not set", is left out)."""
+    sections = resolve_settings({k: v for k, v in flat.items() if v is not None}).sections()
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    for section, values in sections.items():
+        given = {k: v for k, v in values.items() if k in flat and v is not None}
+        if not given:
+            continue
+        lines += ["", f"[{section}]"] + [f"{k} = {toml_value(v)}" for k, v in given.items()]
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -31,15 +31,16 @@ import math
 import re
 import socket
 import time
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from rnnrbm_cli import models
-from rnnrbm_cli.config import Settings, read_settings_file, resolve_settings
+from rnnrbm_cli.config import Settings, merged_values, read_settings_file, resolve_settings, toml_text
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
+from rnnrbm_cli.tune_space import Param, Space, default_space_text, read_space
+from rnnrbm_cli.tune_storage import display_url, first_line, open_storage, storage_url
 from rnnrbm_cli.train import (
     RUNS_DIR,
     Callbacks,
@@ -68,209 +69,8 @@ def objective_key(model_type: str) -> str:
 # Without --epochs / --eval-every: short trials, measured often enough to prune.
 DEFAULT_EPOCHS = 20
 DEFAULT_EVAL_EVERY = 2
-# A worker whose trial has sent no heartbeat for this many intervals is taken for dead. Long
-# enough for the longest compiled kernel call, during which the heartbeat thread cannot run.
-GRACE_INTERVALS = 6
 
-# Keys the study sets itself, so a space may not name them.
-_FROM_FLAGS = {
-    "data": "--data", "model_type": "--model", "epochs": "--epochs", "eval_every": "--eval-every",
-    "device": "--device",
-}
-# Keys a space may fix but not search: trials that differ in them would not be compared on
-# the same objective (another grid, other validation noise, another initialisation).
-_FIXED_ONLY = {"n_visible", "source", "dt", "eval_frames", "eval_chains", "eval_betas", "seed", "backend"}
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-# --- the search space ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched setting: a range (low, high; log scale or a step) or a list of choices.
-
-    kind : "int", "float" or "categorical" (the Optuna distribution it is drawn from).
-    """
-
-    key: str
-    kind: str
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: tuple[Any, ...] = ()
-
-    def suggest(self, trial) -> Any:
-        if self.kind == "categorical":
-            return trial.suggest_categorical(self.key, list(self.choices))
-        if self.kind == "int":
-            return trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
-        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
-
-    def to_json(self) -> dict[str, Any]:
-        if self.kind == "categorical":
-            return {"choices": list(self.choices)}
-        out: dict[str, Any] = {"low": self.low, "high": self.high}
-        if self.log:
-            out["log"] = True
-        if self.step is not None:
-            out["step"] = self.step
-        return out
-
-    def values_to_check(self) -> list[Any]:
-        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
-
-
-@dataclass(frozen=True)
-class Space:
-    """A search space: the searched settings, and the settings it fixes for every trial."""
-
-    params: dict[str, Param]
-    fixed: dict[str, Any]
-    where: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"params": {k: p.to_json() for k, p in self.params.items()}, "fixed": dict(self.fixed)}
-
-
-_SPACE_HEADER = """\
-The default search space of `rnnrbm tune`, one table per model, from the models' records
-(`rnnrbm tune --show-space` prints it; `--space FILE.toml` replaces it).
-
-Any setting of `rnnrbm train` may appear, under the name it has in a --config file:
-  lr = {low = 1e-4, high = 1e-2, log = true}   a range (log = true: drawn on a log scale)
-  n_hidden = {low = 50, high = 300, step = 25} a range on a grid (integers for an integer setting)
-  batch = {choices = [1, 8, 32]}               one of a list
-  optimizer = "adam"                           a plain value fixes the setting for every trial
-Keys outside the tables apply to every model. The study's own settings come from its flags
-(--data, --model, --epochs, --eval-every, --device) and may not appear here."""
-
-
-def default_space_text() -> str:
-    """The default search space (TOML, one table per model: each record's search_space)."""
-    lines = [f"# {line}" if line else "#" for line in _SPACE_HEADER.splitlines()]
-    for name in models.model_types():
-        rec = models.record(name)
-        if rec.search_space:
-            lines += ["", f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in rec.search_space.items())]
-    return "\n".join(lines) + "\n"
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _setting_type(default: Any) -> str:
-    if isinstance(default, bool):
-        return "bool"
-    if isinstance(default, int):
-        return "int"
-    if isinstance(default, float) or default is None:  # None: an optional number (lr_rbm, dt)
-        return "float"
-    return "str"
-
-
-def read_space(path: str | Path | None, model_type: str) -> Space:
-    """The search space of ``model_type`` from a TOML file (None: the packaged default).
-
-    The file holds settings flat, in a table per model (``[rnn]``), or both; a model's
-    table adds to and overrides the flat keys. Every key must be a setting of
-    ``config.Settings``; unknown keys, malformed or empty ranges are usage errors.
-    """
-    where = "the default search space" if path is None else str(path)
-    try:
-        if path is None:
-            doc = tomllib.loads(default_space_text())
-        else:
-            with open(path, "rb") as f:
-                doc = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise RnnrbmUsageError(f"{where} is not valid TOML: {e}.") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RnnrbmUsageError(f"cannot read {where}: {getattr(e, 'strerror', None) or e}.") from None
-    known_models = models.model_types()
-    if model_type not in known_models:
-        raise RnnrbmUsageError(f"unknown model {model_type!r}; use one of {', '.join(known_models)}.")
-    tables = {k for k, v in doc.items() if k in known_models and isinstance(v, dict)}
-    entries = {k: v for k, v in doc.items() if k not in tables}
-    entries.update(doc.get(model_type, {}))
-    if not entries:
-        has = f" (it has tables for {', '.join(sorted(tables))} only)" if tables else ""
-        raise RnnrbmUsageError(f"{where} defines no search space for {model_type}{has}.")
-    known = Settings().flat()
-    params: dict[str, Param] = {}
-    fixed: dict[str, Any] = {}
-    for key, spec in entries.items():
-        if key not in known:
-            raise RnnrbmUsageError(f"unknown setting {key} in {where}; a search space names settings of rnnrbm train.")
-        if key == "run_dir":
-            raise RnnrbmUsageError(f"{where} sets run_dir; each trial has its own run directory in the study's folder.")
-        if key in _FROM_FLAGS:
-            raise RnnrbmUsageError(f"{where} sets {key}; give it to rnnrbm tune as {_FROM_FLAGS[key]} instead.")
-        if isinstance(spec, dict):
-            if key in _FIXED_ONLY:
-                raise RnnrbmUsageError(
-                    f"{where} searches {key}; it may only be fixed (key = value), since trials that differ in it "
-                    "would not be compared on the same objective."
-                )
-            params[key] = _param(key, spec, _setting_type(known[key]), where)
-        elif isinstance(spec, list):
-            raise RnnrbmUsageError(f"{key} in {where} is a list; write {key} = {{choices = [...]}} to search it.")
-        else:
-            fixed[key] = spec
-    if not params:
-        raise RnnrbmUsageError(f"{where} searches nothing for {model_type}: give at least one range or list of choices.")
-    return Space(params, fixed, where)
-
-
-def _param(key: str, spec: dict[str, Any], setting_type: str, where: str) -> Param:
-    fields_ = set(spec)
-    name = f"{key} in {where}"
-    if "choices" in fields_:
-        if fields_ != {"choices"}:
-            raise RnnrbmUsageError(f"{name} mixes choices with {', '.join(sorted(fields_ - {'choices'}))}; give one or the other.")
-        choices = spec["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise RnnrbmUsageError(f"{name} has no choices; give a non-empty list such as choices = [1, 8, 32].")
-        for c in choices:
-            if not isinstance(c, (str, int, float, bool)):
-                raise RnnrbmUsageError(f"{name} has the choice {c!r}; choices are numbers, strings or booleans.")
-        if len(set(map(repr, choices))) != len(choices):
-            raise RnnrbmUsageError(f"{name} lists a choice twice.")
-        return Param(key, "categorical", choices=tuple(choices))
-    unknown = fields_ - {"low", "high", "log", "step"}
-    if unknown:
-        raise RnnrbmUsageError(f"{name} has unknown field(s) {', '.join(sorted(unknown))}; a range has low, high, log and step.")
-    if not {"low", "high"} <= fields_:
-        raise RnnrbmUsageError(f"{name} needs both low and high (or choices = [...]).")
-    if setting_type in ("bool", "str"):
-        raise RnnrbmUsageError(f"{name} is a range, but {key} is not a number; give {key} = {{choices = [...]}}.")
-    low, high, log, step = spec["low"], spec["high"], spec.get("log", False), spec.get("step")
-    if not (_is_number(low) and _is_number(high)):
-        raise RnnrbmUsageError(f"{name} has low = {low!r} and high = {high!r}; both must be numbers.")
-    if not isinstance(log, bool):
-        raise RnnrbmUsageError(f"{name} has log = {log!r}; it is true or false.")
-    if step is not None and not (_is_number(step) and step > 0):
-        raise RnnrbmUsageError(f"{name} has step = {step!r}; it must be a positive number.")
-    if not low < high:
-        raise RnnrbmUsageError(f"{name} is an empty range (low = {low!r} is not below high = {high!r}).")
-    if log and low <= 0:
-        raise RnnrbmUsageError(f"{name} is on a log scale, so low must be positive, not {low!r}.")
-    if log and step is not None:
-        raise RnnrbmUsageError(f"{name} has both log and step; a log-scale range has no step.")
-    ints = isinstance(low, int) and isinstance(high, int) and (step is None or isinstance(step, int))
-    if setting_type == "int":
-        if not ints:
-            raise RnnrbmUsageError(f"{name} has a non-integer end or step, but {key} is an integer setting.")
-        kind = "int"
-    elif ints and setting_type == "float" and Settings().flat()[key] is None:
-        kind = "int"  # an optional number with integer ends: "int when both ends are ints"
-    else:
-        kind = "float"
-        low, high = float(low), float(high)
-        step = float(step) if step is not None else None
-    return Param(key, kind, low=low, high=high, log=log, step=step)
 
 
 def model_and_data(config_file: str | Path | None, model_type: str | None, data: str | None) -> tuple[str, str | None]:
@@ -288,12 +88,8 @@ def base_settings(config_file: str | Path | None = None, flags: Mapping[str, Any
     searched value (each end of a range, each choice) is checked against these settings,
     so that a bad space fails here, before any trial starts.
     """
-    values: dict[str, Any] = {"epochs": DEFAULT_EPOCHS, "eval_every": DEFAULT_EVAL_EVERY}
-    if config_file is not None:
-        values.update(read_settings_file(config_file))
-    if space is not None:
-        values.update(space.fixed)
-    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    values = merged_values(None, config_file, flags, defaults={"epochs": DEFAULT_EPOCHS, "eval_every": DEFAULT_EVAL_EVERY},
+                           over_file=space.fixed if space is not None else None)
     values.pop("run_dir", None)
     data = values.get("data")
     if isinstance(data, str) and data and Path(data).expanduser().exists():
@@ -323,83 +119,6 @@ def base_settings(config_file: str | Path | None = None, flags: Mapping[str, Any
                         f"({str(err).rstrip('.')})."
                     ) from None
     return settings
-
-
-# --- the storage -----------------------------------------------------------------------------
-
-
-def storage_url(storage: str | None, study_dir: Path) -> str:
-    """The SQLAlchemy URL of a study's storage: the SQLite file study_dir/study.db by
-    default; ``postgresql://`` (and ``postgres://``) become ``postgresql+psycopg://``, the
-    scheme SQLAlchemy needs for psycopg 3."""
-    if storage is None:
-        return f"sqlite:///{(Path(study_dir) / 'study.db').resolve()}"
-    for scheme in ("postgresql://", "postgres://"):
-        if storage.startswith(scheme):
-            return "postgresql+psycopg://" + storage[len(scheme):]
-    return storage
-
-
-def display_url(url: str) -> str:
-    """The URL without its password, for messages and JSON."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 (not a URL at all: shown as given, it holds no password we can find)
-        return url
-
-
-def open_storage(url: str, heartbeat: int = 10, connect_timeout: int = 10):
-    """An ``optuna.storages.RDBStorage`` with heartbeats every ``heartbeat`` seconds (a trial
-    silent for ``GRACE_INTERVALS`` of them is failed by the next worker that looks).
-
-    Errors are one sentence: a URL that is not one is a usage error (exit 2), a database
-    that cannot be reached a runtime failure (exit 1) after at most ``connect_timeout`` s.
-    """
-    import optuna
-    import sqlalchemy.exc
-
-    shown = display_url(url)
-    if url.startswith("sqlite:"):
-        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
-        path = url.split(":///", 1)[-1]
-        if path and not path.startswith(":memory:"):
-            try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise RnnrbmError(f"cannot create the folder of {path}: {e.strerror or e}.") from None
-    elif url.startswith("postgresql"):
-        engine_kwargs = {"connect_args": {"connect_timeout": connect_timeout}, "pool_pre_ping": True}
-    else:
-        engine_kwargs = {}
-    last: Exception | None = None
-    # Workers started together on a fresh database race to create its tables: the losers retry.
-    for attempt in range(5):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                    grace_period=GRACE_INTERVALS * heartbeat,
-                )
-        except ImportError:
-            raise RnnrbmUsageError(f"the database driver for {shown} is not installed; use sqlite or postgresql.") from None
-        except sqlalchemy.exc.ArgumentError as e:
-            raise RnnrbmUsageError(f"--storage {shown} is not a database URL ({_first_line(e)}); "
-                                   "use e.g. postgresql://USER@HOST/DB.") from None
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
-            raise RnnrbmError(f"cannot reach the study storage {shown}: {_first_line(e)}.") from None
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-            last = e
-            time.sleep(0.5 + attempt)
-    raise RnnrbmError(f"cannot open the study storage {shown}: {_first_line(last)}.")
-
-
-def _first_line(e: BaseException | None) -> str:
-    orig = getattr(e, "orig", None) or e
-    text = str(orig).strip().splitlines()
-    return (text[0] if text else type(orig).__name__).rstrip(".")
 
 
 # --- reporting -------------------------------------------------------------------------------
@@ -634,7 +353,7 @@ def run_study(
                 storage=rdb, study_name=name, direction="maximize", pruner=_pruner(pruner), load_if_exists=True,
             )
         except (ValueError, TypeError) as e:
-            raise RnnrbmUsageError(f"cannot use study {name} in {shown}: {_first_line(e)}.") from None
+            raise RnnrbmUsageError(f"cannot use study {name} in {shown}: {first_line(e)}.") from None
         if study.direction != optuna.study.StudyDirection.MAXIMIZE:
             raise RnnrbmUsageError(f"study {name} in {shown} minimises its objective; rnnrbm tune maximises log-likelihood, so choose another --study.")
         _check_identity(study, _identity(base, space), name, shown, study_dir)
@@ -781,7 +500,7 @@ def _run(study, base, space, key, device, n_trials, timeout, started, name, show
                 if own or runner.number is None or _trial(study, runner.number).state.name != "FAIL":
                     raise
                 ran.append(runner.number)
-                callbacks.on_message(f"trial {runner.number} was marked failed by another worker ({_first_line(e)}).")
+                callbacks.on_message(f"trial {runner.number} was marked failed by another worker ({first_line(e)}).")
                 continue
             ran.append(runner.number)
             summary = _summary(_trial(study, runner.number))
@@ -820,35 +539,6 @@ def _sleep(seconds: float, stop: StopFlag, started: float, timeout: float | None
 
 
 # --- best.toml -------------------------------------------------------------------------------
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")  # a JSON string is a TOML basic string
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, Mapping):  # an inline table of bare keys (a search space's ranges)
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {v!r} as TOML")
-
-
-def toml_text(flat: Mapping[str, Any], header: str = "") -> str:
-    """Flat settings as a TOML settings file by section (``config.read_settings_file``
-    reads it back as the same values; None, meaning "not set", is left out)."""
-    sections = resolve_settings({k: v for k, v in flat.items() if v is not None}).sections()
-    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
-    for section, values in sections.items():
-        given = {k: v for k, v in values.items() if k in flat and v is not None}
-        if not given:
-            continue
-        lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in given.items()]
-    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def write_best_toml(path: str | Path, best: TrialSummary, study: str) -> Path:

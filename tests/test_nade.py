@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rnnrbm_cli import models
-from rnnrbm_cli.models.rbm import RNNRBM, ModelConfig
+from rnnrbm_cli.models.rbm import ModelConfig
 from rnnrbm_cli.models.nade import RNNNADE
 
 from conftest import run

@@ -158,11 +158,11 @@ def test_other_settings_errors_are_one_sentence_before_any_trial(study_env):
 
 
 def test_the_cli_spells_the_library_values():
-    from rnnrbm_cli import cli_tune, tune
+    from rnnrbm_cli import cli_tune, tune, tune_storage
 
     assert cli_tune._PRUNERS == tune.PRUNERS
     assert (cli_tune._DEFAULT_EPOCHS, cli_tune._DEFAULT_EVAL_EVERY) == (tune.DEFAULT_EPOCHS, tune.DEFAULT_EVAL_EVERY)
-    assert tune.GRACE_INTERVALS == 6  # --heartbeat's help says so
+    assert tune_storage.GRACE_INTERVALS == 6  # --heartbeat's help says so
 
 
 def test_data_and_model_may_come_from_the_config_file(study_env):
