@@ -122,7 +122,7 @@ def _show_datasets(selected: list, cache_dir: Path | None, as_json: bool) -> Non
 )
 @_cache_dir_option
 @click.option("--force", is_flag=True, help="Download again even if a verified copy is cached.")
-@click.option("--json", "as_json", is_flag=True, help="Print the fetched files as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the fetched files as one JSON object (several datasets: under \"datasets\").")
 @click.option(
     "--list", "list_", is_flag=True, help="Only list the datasets, their files and cache status."
 )
@@ -229,7 +229,8 @@ def fetch_cmd(
             " that holds the files."
         )
     if as_json:
-        print_json(reports[0] if len(names) == 1 else reports)
+        # --json prints exactly one object: one dataset's report, or several under "datasets"
+        print_json(reports[0] if len(reports) == 1 else {"datasets": reports})
 
 
 @cli.command("datasets")

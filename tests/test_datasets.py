@@ -34,7 +34,7 @@ from rnnrbm_cli.datasets import (
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.pianoroll import midi_to_roll, read_midi
 
-from conftest import midi_bytes
+from conftest import midi_bytes, run
 
 SPLITS = ("train", "valid", "test")
 
@@ -411,7 +411,7 @@ def test_pedal_is_refused_for_rolls(tmp_path):
     scipy.io.savemat(tmp_path / "tiny.mat", {"traindata": cell, "validdata": cell, "testdata": cell})
     with pytest.raises(RnnrbmUsageError, match="so --pedal cannot apply: they are for MIDI sources"):
         prepare(tmp_path / "tiny.mat", pedal=True, out=tmp_path / "t.npz", progress=False)
-    result = run(str(tmp_path / "tiny.mat"), "--pedal")
+    result = run_prepare(str(tmp_path / "tiny.mat"), "--pedal")
     assert result.exit_code == 2 and "--pedal cannot apply" in result.stderr
     assert prepare(tmp_path / "tiny.mat", out=tmp_path / "t.npz", progress=False).meta["pedal"] is None
 
@@ -519,12 +519,12 @@ def test_nothing_is_written_when_writing_fails(tmp_path, monkeypatch):
 # -- the command line --------------------------------------------------------------------
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, ["prepare", *args], catch_exceptions=False)
+def run_prepare(*args: str):
+    return run("prepare", *args)
 
 
 def test_cli_prints_the_path_on_stdout_and_a_table_on_stderr(mirror, isolated_cache):
-    result = run("nottingham")
+    result = run_prepare("nottingham")
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{isolated_cache / 'prepared' / 'nottingham-rolls-beat2-c.npz'}\n"
     assert "176,561" in result.stderr and "train" in result.stderr
@@ -532,7 +532,7 @@ def test_cli_prints_the_path_on_stdout_and_a_table_on_stderr(mirror, isolated_ca
 
 def test_cli_json(mirror, tmp_path):
     out = tmp_path / "j.npz"
-    result = run("jsb-chorales", "--out", str(out), "--json")
+    result = run_prepare("jsb-chorales", "--out", str(out), "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert set(doc) == {"path", "splits", "meta", "skipped_files"}
@@ -554,7 +554,7 @@ def test_cli_pedal(tmp_path):
     songs = tmp_path / "songs"
     songs.mkdir()
     (songs / "pedalled.mid").write_bytes(pedal_midi_bytes())
-    result = run(str(songs), "--pedal", "--out", str(tmp_path / "p.npz"), "--json")
+    result = run_prepare(str(songs), "--pedal", "--out", str(tmp_path / "p.npz"), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["meta"]["pedal"] is True
     assert load_prepared(tmp_path / "p.npz").splits["train"][0][:, 60 - 21].tolist() == [1, 1, 1]
@@ -565,33 +565,33 @@ def test_cli_names_skipped_files_on_stderr(tmp_path):
     songs.mkdir()
     (songs / "good.mid").write_bytes(GOOD)
     (songs / "bad.mid").write_text("text")
-    result = run(str(songs), "--out", str(tmp_path / "s.npz"), "--json")
+    result = run_prepare(str(songs), "--out", str(tmp_path / "s.npz"), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["skipped_files"] == [str(songs / "bad.mid")]
     assert "bad.mid" in result.stderr and "Warning" in result.stderr
 
 
 def test_cli_dt_with_beat_division_is_a_usage_error(tmp_path):
-    result = run(str(tmp_path), "--dt", "0.3", "--beat-division", "2")
+    result = run_prepare(str(tmp_path), "--dt", "0.3", "--beat-division", "2")
     assert result.exit_code == 2
     assert "not both" in result.stderr
 
 
 def test_cli_grid_options_for_rolls_are_a_usage_error(mirror):
-    result = run("nottingham", "--transpose", "c")
+    result = run_prepare("nottingham", "--transpose", "c")
     assert result.exit_code == 2
     assert "already on a beat grid" in result.stderr
 
 
 def test_cli_bad_split_ratios_are_a_usage_error(tmp_path):
-    assert run(str(tmp_path), "--split-ratios", "0.8,0.2").exit_code == 2
-    assert run(str(tmp_path), "--split-ratios", "a,b,c").exit_code == 2
+    assert run_prepare(str(tmp_path), "--split-ratios", "0.8,0.2").exit_code == 2
+    assert run_prepare(str(tmp_path), "--split-ratios", "a,b,c").exit_code == 2
 
 
 def test_cli_empty_folder_exits_1_and_writes_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out.npz"
-    result = run(str(tmp_path / "empty"), "--out", str(out))
+    result = run_prepare(str(tmp_path / "empty"), "--out", str(out))
     assert result.exit_code == 1
     assert "holds no .mid or .midi file" in result.stderr and "Traceback" not in result.output
     assert result.stdout == ""
@@ -604,14 +604,14 @@ def test_cli_folder_of_only_bad_files_exits_1_and_writes_nothing(tmp_path):
     (songs / "a.mid").write_text("text")
     (songs / "b.mid").write_bytes(GOOD[:20])
     out = tmp_path / "out.npz"
-    result = run(str(songs), "--out", str(out))
+    result = run_prepare(str(songs), "--out", str(out))
     assert result.exit_code == 1
     assert "no usable MIDI file (2 skipped: " in result.stderr
     assert not out.exists() and no_partial_files(tmp_path)
 
 
 def test_cli_bad_path_exits_1(tmp_path):
-    result = run(str(tmp_path / "nope.zip"))
+    result = run_prepare(str(tmp_path / "nope.zip"))
     assert result.exit_code == 1
     assert "no such file or folder" in result.stderr
 
@@ -696,7 +696,7 @@ def test_two_workers_skip_the_same_files_with_the_same_warnings(shared_datasets,
     results = {}
     for workers in ("1", "2"):
         out = tmp_path / f"w{workers}.npz"
-        results[workers] = run(str(path), "--out", str(out), "--workers", workers, *options)
+        results[workers] = run_prepare(str(path), "--out", str(out), "--workers", workers, *options)
         assert results[workers].exit_code == 0, results[workers].output
     assert pools == [2]
     one, two = (json.loads(results[w].stdout) for w in ("1", "2"))
@@ -721,7 +721,7 @@ def test_two_workers_skip_the_same_files_with_the_same_warnings(shared_datasets,
 def test_cli_workers_must_be_a_whole_number_from_1(tmp_path, workers, pools):
     from conftest import one_sentence_error
 
-    line = one_sentence_error(run(str(tmp_path), "--workers", workers), code=2)
+    line = one_sentence_error(run_prepare(str(tmp_path), "--workers", workers), code=2)
     assert line == f"Error: --workers must be a whole number of processes, 1 or more, not {workers!r}."
     assert pools == []
 

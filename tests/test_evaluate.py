@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
 
 from rnnrbm_cli import evaluate as ev
 from rnnrbm_cli.checkpoint import save_checkpoint
-from rnnrbm_cli.cli import cli
 from rnnrbm_cli.models.rbm import RNNRBM, ModelConfig, free_energy
+
+from conftest import run
 
 RANDOM_LL = 88 * math.log(0.5)  # -60.997: every one of the 2**88 frames equally likely
 
@@ -291,10 +291,6 @@ def save_fresh(path: Path, n_hidden: int, data: dict) -> Path:
     model = RNNRBM(config)
     save_checkpoint(path, {"model_config": asdict(config), "model_state": model.state_dict(), "data": data})
     return path
-
-
-def run(*args) -> object:
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="rnnrbm")
 
 
 @pytest.mark.parametrize("n_hidden, method", [(8, "exact"), (30, "ais")])

@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 import json
-import struct
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
 
-from rnnrbm_cli.cli import cli
 from rnnrbm_cli.datasets import write_prepared
 from rnnrbm_cli.pianoroll import write_midi
 from rnnrbm_cli.plot import curves_figure, read_metrics, roll_figure
 
+from conftest import one_sentence_error, png_size, run
+
 META = {"format": 1, "dataset": "toy", "grid": "seconds", "dt": 0.25, "beat_division": None, "transpose": "none"}
-
-
-def run(*args) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="rnnrbm")
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    head = path.read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
-    return struct.unpack(">II", head[16:24])
-
-
-def one_sentence_error(result: Result, code: int = 1) -> str:
-    assert result.exit_code == code, (result.output, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
 
 
 def melody() -> np.ndarray:

@@ -13,12 +13,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from rnnrbm_cli import cli as cli_module
 from rnnrbm_cli import registry
-from rnnrbm_cli.cli import cli
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
+
+from conftest import run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,10 +52,6 @@ def sha256_of(path: Path) -> str:
 def files_under(folder: Path) -> list[Path]:
     """Every file (hidden .part files included) below ``folder``."""
     return sorted(p for p in folder.rglob("*") if p.is_file())
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), prog_name="rnnrbm")
 
 
 @pytest.fixture
@@ -402,13 +398,15 @@ def test_rolls_on_the_mirror_are_enough_without_the_midi_zip(cache: Path, shared
     assert "Traceback" not in every.output
 
 
-def test_several_datasets_give_a_json_list(cache: Path, shared_datasets: Path):
+def test_several_datasets_give_one_json_object_listing_them(cache: Path, shared_datasets: Path):
     result = run(
         "fetch", "nottingham", "jsb-chorales", "--form", "rolls",
         "--mirror", str(shared_datasets), "--json",
     )
     assert result.exit_code == 0, result.output
-    reports = json.loads(result.stdout)
+    doc = json.loads(result.stdout)
+    assert list(doc) == ["datasets"]
+    reports = doc["datasets"]
     assert [(r["dataset"], [f["name"] for f in r["files"]]) for r in reports] == [
         ("nottingham", ["Nottingham.mat"]),
         ("jsb-chorales", ["JSB_Chorales.mat"]),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 import wave
 from dataclasses import asdict
 from pathlib import Path
@@ -12,15 +11,15 @@ import numpy as np
 import pretty_midi
 import pytest
 import torch
-from click.testing import CliRunner, Result
 
 from rnnrbm_cli.checkpoint import save_checkpoint
-from rnnrbm_cli.cli import cli
 from rnnrbm_cli.datasets import write_prepared
 from rnnrbm_cli.errors import RnnrbmUsageError
 from rnnrbm_cli.models.rbm import RNNRBM, ModelConfig
 from rnnrbm_cli.pianoroll import midi_to_roll, write_midi
 from rnnrbm_cli.sample import output_dt, output_files, sample
+
+from conftest import one_sentence_error, png_size, run
 
 SECONDS_GRID = {"dataset": "toy", "grid": "seconds", "dt": 0.3, "beat_division": None}
 BEATS_GRID = {"dataset": "toy", "grid": "beats", "dt": None, "beat_division": 2, "transpose": "c"}
@@ -50,26 +49,6 @@ def make_checkpoint(path: Path, data: dict | None = None, seed: int = 0) -> Path
 @pytest.fixture
 def ckpt(tmp_path: Path) -> Path:
     return make_checkpoint(tmp_path / "ckpt.pt")
-
-
-def run(*args) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="rnnrbm")
-
-
-def one_sentence_error(result: Result, code: int = 1) -> str:
-    """Assert a clean failure: the exit code, no traceback, one line on stderr; return it."""
-    assert result.exit_code == code, (result.output, result.stderr)
-    assert isinstance(result.exception, SystemExit)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ") and "Traceback" not in result.stderr
-    return lines[0]
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    head = path.read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
-    return struct.unpack(">II", head[16:24])
 
 
 # -- what is written is what was generated ---------------------------------------------
