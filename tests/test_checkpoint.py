@@ -106,3 +106,31 @@ def test_weights_that_do_not_fit_name_what_differs(tmp_path):
     save_checkpoint(tmp_path / "d.pt", {"model_config": asdict(config), "model_state": [1, 2]})
     with pytest.raises(RnnrbmError, match=r"\(model_state is a list, not a dict of tensors\)\.$"):
         load_model(tmp_path / "d.pt")
+
+
+def test_a_version_1_file_of_before_the_model_type_loads_as_the_rnn_rbm_with_its_settings(tmp_path):
+    """What the first releases wrote: version 1, no model_type anywhere, settings flat in train_config."""
+    from rnnrbm_cli.config import settings_from_checkpoint
+
+    config = ModelConfig(n_hidden=4, n_recurrent=3)
+    model = RNNRBM(config, torch.Generator().manual_seed(0))
+    raw = {k: v for k, v in asdict(config).items() if k != "model_type"}
+    path = tmp_path / "old.pt"
+    torch.save({"format": "rnnrbm-checkpoint", "version": 1, "model_config": raw, "model_state": model.state_dict(),
+                "train_config": {"lr": 0.01, "k": 5, "data": "jsb-chorales", "n_hidden": 4}}, path)
+    loaded, payload = load_model(path)
+    assert type(loaded) is RNNRBM and loaded.config == config
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    settings = settings_from_checkpoint(payload)
+    assert (settings.optim.lr, settings.optim.k, settings.data.data, settings.model.model_type) == (
+        0.01, 5, "jsb-chorales", "rnn-rbm")
+
+
+def test_a_newer_version_is_refused_naming_the_versions_read(tmp_path):
+    path = tmp_path / "new.pt"
+    save_checkpoint(path, {"model_config": {}, "model_state": {}})
+    payload = torch.load(path, weights_only=True)
+    assert payload["version"] == 2
+    torch.save({**payload, "version": 3}, path)
+    with pytest.raises(RnnrbmError, match="of version 3; this rnnrbm reads versions 1 to 2"):
+        load_checkpoint(path)
