@@ -144,10 +144,12 @@ def evaluate_model(
     return result
 
 
-def generate(model, num: int = 1, steps: int = 200, *, k: int = 25, primer=None, seed: int = 0, backend: str = "auto"):
-    """``num`` pieces of ``steps`` frames from a model (after a (T0, 88) 0/1 ``primer``):
-    np.ndarray, shape=(num, T0 + steps, 88), dtype=uint8. The same seed gives the same rolls."""
-    return generate_rolls(model, num, steps, k=k, primer=primer, seed=seed, backend=backend)
+def generate(model, num: int = 1, steps: int = 200, *, k: int = 25, primer=None, seed: int = 0, backend: str = "auto",
+             temperature: float = 1.0):
+    """``num`` pieces of ``steps`` frames from a model (after a (T0, 88) 0/1 ``primer``) at
+    ``temperature``: np.ndarray, shape=(num, T0 + steps, 88), dtype=uint8. The same seed
+    gives the same rolls."""
+    return generate_rolls(model, num, steps, k=k, primer=primer, seed=seed, backend=backend, temperature=temperature)
 
 
 def tune_model(base: Settings, space, *, cache_dir=None, mirror=None, **options: Any):

@@ -20,7 +20,10 @@ from rnnrbm_cli.cli import (
 @cli.command("sample")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT.mid")
-@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True, help="Frames to generate (after the primer).")
+@click.option("--steps", type=click.IntRange(min=1), help="Frames to generate (after the primer).  [default: 200]")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), help="Or: how many seconds to generate (after the primer), on the file's grid.")
+@click.option("--temperature", type=click.FloatRange(0.01, 100), default=1.0, show_default=True, help="Below 1 sharper (fewer stray notes), above 1 wilder: each frame's energies or note logits divided by it.")
+@click.option("--transpose-to", metavar="KEY", help="Move the pieces from C to this key (D, F#, Bb minor, ...), for a model trained on rolls transposed to C (the benchmark rolls).")
 @click.option("--k", type=click.IntRange(min=1), default=25, show_default=True, help="Gibbs steps per generated frame.")
 @click.option("--num", type=click.IntRange(min=1), default=1, show_default=True, help="Pieces, sampled in one batch: OUT-001.mid, OUT-002.mid, ...")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of the sampler; the same seed writes the same files.  [default: random, reported]")
@@ -51,6 +54,7 @@ def sample_cmd(checkpoint: Path, out: Path, as_json: bool, **options) -> None:
     \b
     Example:
       rnnrbm sample runs/nottingham/best.pt song.mid --num 4 --seed 1 --png --wav
+      rnnrbm sample runs/nottingham/best.pt calm.mid --seconds 30 --temperature 0.8 --transpose-to D --program 24
     """
     from rnnrbm_cli.sample import sample
 

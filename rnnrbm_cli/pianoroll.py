@@ -503,6 +503,38 @@ def _shift_to_c(tonic: int) -> int:
     return (-tonic + 6) % 12 - 6
 
 
+_PITCH_CLASSES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+
+
+def tonic_of(key: str) -> int:
+    """The pitch class (0 = C) of a key named by its tonic: "D", "F#", "Bb", "eb" (a trailing
+    " major", " minor" or "m" is allowed and changes nothing: the mode of the piece is kept)."""
+    name = key.strip()
+    for suffix in (" major", " minor", "m"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)].strip()
+            break
+    letter, accidentals = name[:1].upper(), name[1:]
+    if letter not in _PITCH_CLASSES or any(a not in "#b" for a in accidentals) or len(accidentals) > 2:
+        raise ValueError(f"{key!r} is not a key; name its tonic, e.g. C, F#, Bb or A minor")
+    return (_PITCH_CLASSES[letter] + accidentals.count("#") - accidentals.count("b")) % 12
+
+
+def transpose_from_c(roll: np.ndarray, key: str) -> tuple[np.ndarray, int]:
+    """A piano-roll in C (major or minor) moved to ``key`` by the nearest shift, -6..+5 semitones
+    (the inverse of preparing with transpose "c"). roll : (T, 88) 0/1. Returns the new roll and
+    how many note-frames fell off the keyboard."""
+    shift = -_shift_to_c(tonic_of(key))
+    out = np.zeros_like(roll)
+    if shift >= 0:
+        out[:, shift:] = roll[:, : roll.shape[1] - shift]
+        lost = int(roll[:, roll.shape[1] - shift :].sum()) if shift else 0
+    else:
+        out[:, :shift] = roll[:, -shift:]
+        lost = int(roll[:, :-shift].sum())
+    return out, lost
+
+
 # -- the time grid -------------------------------------------------------------------------
 
 DEFAULT_DT = 0.3  # seconds per frame when MIDI is sampled and no grid is given: the tutorial's

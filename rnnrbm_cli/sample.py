@@ -36,9 +36,13 @@ from rnnrbm_cli.device import resolve_device
 from rnnrbm_cli.engines import sampler_for
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.models import record_of
-from rnnrbm_cli.pianoroll import N_KEYS, Grid
+from rnnrbm_cli.models.base import tempered
+from rnnrbm_cli.pianoroll import N_KEYS, Grid, tonic_of, transpose_from_c
 
 MIDI_SUFFIXES = (".mid", ".midi")
+DEFAULT_STEPS = 200  # frames generated when neither --steps nor --seconds is given
+# --temperature's range: outside it the notes are all on or all off, whatever the model.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 # The most cells (pieces x frames x 88 keys) one sample call may generate: 2**28 is 1 GiB
 # of float32 while sampling, 3 million frames in all. Bigger requests are refused before any work.
 MAX_CELLS = 2**28
@@ -283,9 +287,11 @@ def generate_rolls(
     backend: str = "auto",
     max_cells: int | None = MAX_CELLS,
     on_message: Callable[[str], None] | None = None,
+    temperature: float = 1.0,
 ) -> np.ndarray:
     """``num`` pieces from one batched generate call on ``backend`` (``engines.sampler_for``),
-    seeded on the model's device.
+    seeded on the model's device, at ``temperature`` (``models.base.tempered``: 1 is the
+    model itself).
 
     More than ``max_cells`` cells (see :func:`check_size`) is refused before any work, and
     running out of memory is one RnnrbmError sentence. ``on_message`` hears when the
@@ -298,7 +304,7 @@ def generate_rolls(
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     primer_t = torch.from_numpy(np.asarray(primer, dtype=np.float32)) if primer is not None else None
-    sampler = sampler_for(model, backend)
+    sampler = sampler_for(tempered(model, temperature), backend)
     message = sampler.compile_message()  # samplers that compile say so
     if message and on_message is not None:
         on_message(message)
@@ -318,7 +324,8 @@ def sample(
     checkpoint: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    steps: int = 200,
+    steps: int | None = None,
+    seconds: float | None = None,
     k: int = 25,
     num: int = 1,
     seed: int | None = None,
@@ -330,6 +337,8 @@ def sample(
     tempo: float | None = None,
     program: int = 0,
     velocity: int = 80,
+    temperature: float = 1.0,
+    transpose_to: str | None = None,
     device: str | torch.device = "auto",
     backend: str = "auto",
     wav: bool = False,
@@ -348,7 +357,8 @@ def sample(
         running any code it might hold.
     out : path
         ``x.mid``: the file for one piece, the name pattern ``x-001.mid`` ... for several.
-    steps : frames to generate after the primer.
+    steps : frames to generate after the primer (default 200), or
+    seconds : how long the generated part lasts instead (frames = seconds / the file's dt).
     k : Gibbs steps per generated frame (the tutorial's 25).
     num : pieces, generated in parallel in one batch.
     seed : seeds the device's generator; None draws one (reported in the result).
@@ -356,6 +366,11 @@ def sample(
     dt, tempo : see :func:`output_dt`.
     program : General MIDI program 0..127 of the written files.
     velocity : velocity 1..127 of every note.
+    temperature : each frame's energies (RBM) or note logits (NADE, RNN) divided by it, in
+        MIN_TEMPERATURE..MAX_TEMPERATURE: below 1 sharper (fewer stray notes), above 1 flatter;
+        1 is the model itself.
+    transpose_to : a key ("D", "F#", "Bb minor") to move the pieces to, for a model trained on
+        rolls transposed to C (the benchmark rolls are); the nearest shift, -6..+5 semitones.
     device : "auto", "cpu" or "cuda[:n]".
     backend : "auto", "torch" or "numba": who samples (``engines``).
     wav : also render each piece to a WAV file (see :mod:`rnnrbm_cli.synth`).
@@ -371,7 +386,20 @@ def sample(
     or not at all.
     """
     say = on_message or (lambda text: None)
-    for name, value, low, high in (("steps", steps, 1, None), ("k", k, 1, None), ("num", num, 1, None),
+    if steps is not None and seconds is not None:
+        raise RnnrbmUsageError("give --steps or --seconds, not both.")
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise RnnrbmUsageError(f"--seconds must be a positive number of seconds, not {seconds}.")
+    if not (math.isfinite(temperature) and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+        raise RnnrbmUsageError(f"--temperature must be in {MIN_TEMPERATURE:g}..{MAX_TEMPERATURE:g}, not {temperature}.")
+    if transpose_to is not None:
+        try:
+            tonic_of(transpose_to)
+        except ValueError as e:
+            raise RnnrbmUsageError(f"--transpose-to: {e}.") from None
+    if steps is None and seconds is None:
+        steps = DEFAULT_STEPS
+    for name, value, low, high in (("steps", steps or 1, 1, None), ("k", k, 1, None), ("num", num, 1, None),
                                    ("program", program, 0, 127), ("velocity", velocity, 1, 127)):
         if value < low or (high is not None and value > high):
             bounds = f"in {low}..{high}" if high is not None else f"at least {low}"
@@ -383,7 +411,8 @@ def sample(
             f"--num {num:,} asks for more pieces than the {max_pieces:,} one run may write; "
             "sample in several runs (with different --seed values)."
         )
-    check_size(num, steps + (primer_steps or 0), max_cells=max_cells)  # the primer's length is checked once read
+    if steps is not None:  # with --seconds, once the grid is known
+        check_size(num, steps + (primer_steps or 0), max_cells=max_cells)  # the primer's length is checked once read
     files = output_files(out, num, wav=wav, png=png)
     check_writable(files, force)
 
@@ -397,6 +426,14 @@ def sample(
         )
     data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
     frame_dt = output_dt(data, dt=dt, tempo=tempo)
+    if transpose_to is not None and data.get("transpose") != "c":
+        raise RnnrbmUsageError(
+            f"--transpose-to moves pieces out of C, but {checkpoint} was trained on rolls in their own keys "
+            f"(transpose {data.get('transpose', 'none')!r}); its samples have no key to move from."
+        )
+    if steps is None:
+        steps = max(1, round(seconds / frame_dt))
+        check_size(num, steps + (primer_steps or 0), max_cells=max_cells)
     primer_roll = None
     if primer is not None:
         primer_roll = load_primer(primer, data, split=split, index=index, steps=primer_steps, dt=dt)
@@ -410,8 +447,14 @@ def sample(
     say(f"sampling {num} piece{'s' if num != 1 else ''} of {steps} frames{chains} on {torch_device}, seed {seed}")
     t0 = time.perf_counter()
     rolls = generate_rolls(model, num, steps, k=k, primer=primer_roll, seed=seed, backend=backend,
-                           max_cells=max_cells, on_message=say)
+                           max_cells=max_cells, on_message=say, temperature=temperature)
     generate_seconds = time.perf_counter() - t0
+    if transpose_to is not None:
+        moved = [transpose_from_c(roll, transpose_to) for roll in rolls]
+        rolls = np.stack([roll for roll, _ in moved])
+        lost = sum(n for _, n in moved)
+        if lost:
+            say(f"transposing to {transpose_to} moved {lost:,} note-frames off the keyboard; they are left out.")
 
     from rnnrbm_cli.pianoroll import roll_to_midi, write_midi
 

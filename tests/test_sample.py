@@ -394,3 +394,97 @@ def test_an_npz_primer_that_is_the_training_file_must_still_hold_it(tmp_path: Pa
     r = run("sample", ckpt, tmp_path / "b.mid", "--primer", trained, "--steps", 3)
     assert "holds other data" in one_sentence_error(r)
     assert not (tmp_path / "b.mid").exists()
+
+
+# -- sampling controls: temperature, seconds, key ---------------------------------------------
+
+
+def test_temperature_one_writes_todays_bytes_and_is_the_model_itself(ckpt: Path, tmp_path: Path):
+    from rnnrbm_cli.models.base import tempered
+
+    plain = run("sample", ckpt, tmp_path / "a.mid", "--seed", 4, "--steps", 40)
+    warm = run("sample", ckpt, tmp_path / "b.mid", "--seed", 4, "--steps", 40, "--temperature", 1)
+    assert plain.exit_code == warm.exit_code == 0, plain.stderr + warm.stderr
+    assert (tmp_path / "a.mid").read_bytes() == (tmp_path / "b.mid").read_bytes()
+    model = RNNRBM(ModelConfig(n_hidden=4, n_recurrent=3))
+    assert tempered(model, 1.0) is model
+
+
+def _notes_per_frame(model, temperature: float) -> float:
+    from rnnrbm_cli.api import generate
+
+    return float(generate(model, num=64, steps=40, seed=9, temperature=temperature).sum(-1).mean())
+
+
+@pytest.mark.parametrize("model_type", ["rnn-rbm", "rnn-nade", "rnn"])
+def test_a_lower_temperature_plays_fewer_notes_per_frame(model_type: str):
+    from rnnrbm_cli import models
+
+    torch.manual_seed(0)
+    config = ModelConfig(n_hidden=20, n_recurrent=10, model_type=model_type)
+    model = models.record(model_type).model_class(config, torch.Generator().manual_seed(0))
+    with torch.no_grad():  # most keys rarely on, as in music
+        for name, p in model.named_parameters():
+            p.normal_(-2.5 if name == "bv" else 0, 1 if name == "bv" else 0.3)
+    cold, plain, hot = (_notes_per_frame(model, t) for t in (0.5, 1.0, 2.0))
+    assert cold < plain < hot, (cold, plain, hot)
+
+
+def test_the_rnns_tempered_note_probabilities_are_its_logits_over_t():
+    from rnnrbm_cli.models.base import tempered
+    from rnnrbm_cli.models.rnn import RNN
+
+    model = RNN(ModelConfig(n_hidden=1, n_recurrent=6, model_type="rnn"), torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.7)
+    v = (torch.rand(2, 5, 88, generator=torch.Generator().manual_seed(2)) < 0.1).float()
+    with torch.no_grad():
+        logits = model.conditional_biases(v)[0]
+        cold = tempered(model, 0.4).conditional_biases(v)[0]
+    torch.testing.assert_close(cold, logits / 0.4)
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(model.parameters(), tempered(model, 0.4).parameters()))
+
+
+def test_seconds_sets_the_frames_from_the_files_grid(ckpt: Path, tmp_path: Path):
+    r = run("sample", ckpt, tmp_path / "a.mid", "--seconds", 6, "--seed", 1, "--json")
+    assert r.exit_code == 0, r.stderr
+    import json
+
+    assert json.loads(r.stdout)["frames"] == 20  # 6 s at the checkpoint's dt of 0.3 s
+    line = one_sentence_error(run("sample", ckpt, tmp_path / "b.mid", "--seconds", 6, "--steps", 10), code=2)
+    assert "--steps or --seconds" in line
+
+
+def test_tonic_names_and_the_shift_out_of_c():
+    from rnnrbm_cli.pianoroll import tonic_of, transpose_from_c
+
+    assert [tonic_of(k) for k in ("C", "D", "F#", "Gb", "Bb minor", "am", "b", "E#", "Cb")] == [0, 2, 6, 6, 10, 9, 11, 5, 11]
+    for bad in ("H", "", "C##b", "D major7"):
+        with pytest.raises(ValueError):
+            tonic_of(bad)
+    roll = np.zeros((2, 88), np.uint8)
+    roll[0, [0, 39, 87]] = 1  # A0, middle C, C8
+    up, lost = transpose_from_c(roll, "D")  # +2 semitones: C8 falls off the top
+    assert sorted(np.flatnonzero(up[0])) == [2, 41] and lost == 1
+    down, lost = transpose_from_c(roll, "G")  # the nearest G is below: -5
+    assert sorted(np.flatnonzero(down[0])) == [34, 82] and lost == 1
+    same, lost = transpose_from_c(roll, "C")
+    assert np.array_equal(same, roll) and lost == 0
+
+
+def test_transpose_to_moves_a_c_model_and_refuses_one_in_its_own_keys(tmp_path: Path):
+    from rnnrbm_cli.pianoroll import midi_to_roll
+
+    in_c = make_checkpoint(tmp_path / "c.pt", data=dict(BEATS_GRID))
+    assert run("sample", in_c, tmp_path / "c.mid", "--seed", 3, "--steps", 30).exit_code == 0
+    r = run("sample", in_c, tmp_path / "e.mid", "--seed", 3, "--steps", 30, "--transpose-to", "E")
+    assert r.exit_code == 0, r.stderr
+    grid = dict(beat_division=2)
+    c_roll, _ = midi_to_roll(str(tmp_path / "c.mid"), **grid)
+    e_roll, _ = midi_to_roll(str(tmp_path / "e.mid"), **grid)
+    kept = c_roll[:, : 88 - 4]
+    assert np.array_equal(e_roll[:, 4:], kept[: len(e_roll)]) and kept.any()
+    own_keys = make_checkpoint(tmp_path / "own.pt")  # SECONDS_GRID: no transposition
+    assert "own keys" in one_sentence_error(run("sample", own_keys, tmp_path / "x.mid", "--transpose-to", "E"), code=2)
+    assert "not a key" in one_sentence_error(run("sample", in_c, tmp_path / "y.mid", "--transpose-to", "H"), code=2)

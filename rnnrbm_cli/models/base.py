@@ -94,6 +94,29 @@ PAPER_COMMON = {
 }
 
 
+def tempered(model: nn.Module, temperature: float) -> nn.Module:
+    """The model to sample from at ``temperature``: itself at 1 (the same samples, bit for
+    bit), else a copy whose record's ``temperature_parameters`` are divided by it, which
+    divides each frame's energies (RBM) or note logits (NADE, RNN) by the temperature; below
+    1 the distributions sharpen, above 1 they flatten. The recurrence is unchanged."""
+    import copy
+
+    from rnnrbm_cli.models import record_of
+
+    if temperature == 1:
+        return model
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, not {temperature!r}")
+    names = record_of(model).temperature_parameters
+    if not names:
+        raise ValueError(f"the {model.config.model_type} model does not say how to sample it at a temperature")
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        for name in names:
+            getattr(copied, name).div_(temperature)
+    return copied
+
+
 def normal_init(generator: torch.Generator | None) -> Callable[..., Tensor]:
     """``normal(*shape, sd=)``: N(0, sd^2) draws from ``generator`` (the global one if None)."""
 

@@ -294,6 +294,8 @@ RECORD = ModelRecord(
     likelihood=ANNEALED,
     uses_gibbs=True,
     frame_parameters=("W", "bv", "bh"),
+    # E(v, h) / T: W, bv(t) = bv + u Wuv and bh(t) = bh + u Wuh, all divided by T
+    temperature_parameters=("W", "bv", "bh", "Wuv", "Wuh"),
     kernels="rbm",
     # The paper's pretraining of the RBM (CD-15 on shuffled frames) and of the RNN
     # (cross-entropy), then Adam on the whole model, halving the rate when validation LL stalls,

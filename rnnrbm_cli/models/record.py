@@ -56,6 +56,9 @@ class ModelRecord:
     # The compiled CPU kernels that can compute this model, by the name the engines know them
     # ("rbm"), or None: torch only.
     kernels: str | None = None
+    # The parameters divided by T to sample at temperature T (``models.base.tempered``): those
+    # that make each frame's energies (an RBM) or note logits (a NADE, the RNN).
+    temperature_parameters: tuple[str, ...] = ()
     # Frames of working tensors per batch in evaluation and the monitor (a memory bound, not a
     # result); None: no bound beyond the callers' own.
     frames_per_batch: Callable | None = None

@@ -87,6 +87,7 @@ RECORD = ModelRecord(
     likelihood=EXACT,
     uses_gibbs=False,
     frame_parameters=("bv",),
+    temperature_parameters=("bv", "Wuv"),  # the logits bv(t) = bv + u Wuv over T
     exact_log_likelihoods=exact_log_likelihoods,
     exact_marginals=exact_marginals,
     # Exact maximum likelihood with Adam, as the RNN-NADE's recipe; the exact validation LL
