@@ -71,14 +71,27 @@ def load_model(checkpoint: str | os.PathLike, device: str = "cpu"):
 # -- training ------------------------------------------------------------------------------------
 
 
+def _world(device, callbacks):
+    """Under torchrun: this process's place in the job, its device, and its callbacks (only
+    the main process reports); else (None, device, callbacks)."""
+    from rnnrbm_cli import distributed
+
+    if not distributed.under_torchrun():
+        return None, device, callbacks
+    world, device = distributed.join(device)
+    return world, device, callbacks if world.main else None
+
+
 def start_training(settings: Settings, device, command: str = "", callbacks=None, stop=None, cache_dir=None,
                    mirror=None):
     """A ``train.Trainer`` for a fresh run of ``settings`` on the data they name, its run
-    directory created and locked (``rnnrbm train``)."""
+    directory created and locked (``rnnrbm train``). Under torchrun, this process's share of
+    a data-parallel run (``distributed``)."""
     from rnnrbm_cli.train import new_trainer
 
+    world, device, callbacks = _world(device, callbacks)
     data, path = data_for_settings(settings, cache_dir, mirror)
-    return new_trainer(settings, device, data, path, command, callbacks, stop)
+    return new_trainer(settings, device, data, path, command, callbacks, stop, world)
 
 
 def resume_training(run_dir: str | os.PathLike, device, epochs: int | None = None, command: str = "", callbacks=None,
@@ -90,7 +103,8 @@ def resume_training(run_dir: str | os.PathLike, device, epochs: int | None = Non
     def data_for(payload):
         return data_for_checkpoint(payload, cache_dir=cache_dir, mirror=mirror)
 
-    return resume_trainer(run_dir, device, data_for, epochs, command, callbacks, stop)
+    world, device, callbacks = _world(device, callbacks)
+    return resume_trainer(run_dir, device, data_for, epochs, command, callbacks, stop, world)
 
 
 def train_model(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from rnnrbm_cli import __version__, models
 from rnnrbm_cli.choices import BACKENDS, EVAL_METHODS, FORMS, LL_METHODS
@@ -47,10 +48,10 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except RnnrbmUsageError as e:
-            err_console.print(f"[bold red]Error:[/] {e}", soft_wrap=True)
+            err_console.print(f"[bold red]Error:[/] {escape(str(e))}", soft_wrap=True)
             sys.exit(2)
-        except RnnrbmError as e:
-            err_console.print(f"[bold red]Error:[/] {e}", soft_wrap=True)
+        except RnnrbmError as e:  # the sentence is text, not markup: "[/path]" must print as it is
+            err_console.print(f"[bold red]Error:[/] {escape(str(e))}", soft_wrap=True)
             sys.exit(1)
 
 

@@ -101,12 +101,15 @@ def train(ctx, preset, config_file, resume, mirror, cache_dir, as_json, **flags)
     except TrainingInterrupted as e:
         callbacks.close()
         where = f"in epoch {e.epoch} after update {e.update}" if e.update is not None else f"at the end of epoch {e.epoch}"
-        err_console.print(f"Interrupted {where}; checkpoint written. Resume with: rnnrbm train --resume {e.run_dir}")
+        if trainer.world is None or trainer.world.main:
+            err_console.print(f"Interrupted {where}; checkpoint written. Resume with: rnnrbm train --resume {e.run_dir}")
         sys.exit(128 + e.signum)
     finally:
         callbacks.close()
         for s, handler in old.items():
             signal.signal(s, handler)
+    if trainer.world is not None and not trainer.world.main:
+        return  # under torchrun the main process prints the result
     if as_json:
         print_json({
             "run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint),

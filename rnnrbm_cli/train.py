@@ -30,6 +30,7 @@ from rnnrbm_cli.checkpoint import (
 )
 from rnnrbm_cli.chunks import ChunkedData
 from rnnrbm_cli.config import Settings, settings_from_checkpoint
+from rnnrbm_cli.distributed import DataParallel
 from rnnrbm_cli.engines import objective_for
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.selection import ModelSelection, ParameterAverage
@@ -132,8 +133,13 @@ class Trainer:
         data_path: Path | None = None,
         callbacks: Callbacks | None = None,
         stop: StopFlag | None = None,
+        world=None,
     ) -> None:
         self.settings, self.device = settings, device
+        # Under torchrun (distributed.World): every process trains its share of each batch, and
+        # only the main one writes the run directory.
+        self.world = world
+        self.writes = world is None or world.main
         self.callbacks = callbacks or Callbacks()
         self.stop = stop or StopFlag()
         self.data_meta = _data_meta(data, data_path)
@@ -152,7 +158,9 @@ class Trainer:
         for p in self.model.parameters():
             p.grad = torch.zeros_like(p)
         self.shuffle_gen = torch.Generator().manual_seed(seed)
-        self.gibbs_gen = torch.Generator(device=device).manual_seed(seed + 1)
+        # each process's chains their own random stream (the main one's is a single process's)
+        rank = world.rank if world is not None else 0
+        self.gibbs_gen = torch.Generator(device=device).manual_seed(seed + 1 + 1_000_003 * rank)
         self.plan = StagePlan.of(o)
         self.epoch = 0  # completed epochs, all stages
         self.progress: dict[str, Any] | None = None  # mid-epoch position
@@ -183,6 +191,12 @@ class Trainer:
         return self.stage.optimizer
 
     def _stage(self, name: str) -> Stage:
+        stage = self._build_stage(name)
+        if self.world is not None:  # the gradient of the whole batch, computed in shares
+            stage.objective = DataParallel(stage.objective, stage.params, self.world)
+        return stage
+
+    def _build_stage(self, name: str) -> Stage:
         optim, model = self.settings.optim, self.model
         backend, parts = self.settings.run.backend, model.parameter_parts()
         if name == "rbm":
@@ -252,6 +266,8 @@ class Trainer:
         self.model.load_state_dict(payload["model_state"])
         self.shuffle_gen.set_state(payload["rng"]["shuffle"])
         self.gibbs_gen.set_state(payload["rng"]["gibbs"].to("cpu"))
+        if self.world is not None and not self.world.main:  # the checkpoint holds the main process's stream
+            self.gibbs_gen.manual_seed(self.settings.run.seed + 1 + 1_000_003 * self.world.rank + 7919 * int(payload["epoch"]))
         self.epoch = int(payload["epoch"])
         self.progress = payload.get("progress")
         saved_stage = payload.get("stage", "fine")
@@ -275,6 +291,8 @@ class Trainer:
 
     def save(self, best: bool = False) -> Path:
         path = self.run_dir / "checkpoint.pt"
+        if not self.writes:
+            return path
         save_checkpoint(path, self.state())
         if best:
             save_checkpoint(self.run_dir / "best.pt", self.state(averaged=True))
@@ -287,6 +305,8 @@ class Trainer:
         if self.run_dir is None:
             self.run_dir = rundir.new_run_dir(RUNS_DIR, default_run_name(self.settings))
             self.settings = replace(self.settings, run=replace(self.settings.run, run_dir=str(self.run_dir)))
+        if not self.writes:
+            return
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -334,7 +354,8 @@ class Trainer:
             self.last_metrics = metrics
             self.save(best=is_best)
             # metrics after the checkpoint: a crash in between costs a line, never a mismatch
-            rundir.append_metrics(self.run_dir, metrics)
+            if self.writes:
+                rundir.append_metrics(self.run_dir, metrics)
             self.callbacks.on_epoch_end(metrics)
             if self.selection.stopped_early:
                 self.callbacks.on_message(
@@ -343,7 +364,7 @@ class Trainer:
                 )
         if not (self.run_dir / "checkpoint.pt").exists():  # --epochs 0: the initial model
             self.save()
-        if not (self.run_dir / "best.pt").exists():
+        if self.writes and not (self.run_dir / "best.pt").exists():
             save_checkpoint(self.run_dir / "best.pt", self.state(averaged=True))
         return TrainResult(
             run_dir=self.run_dir, checkpoint=self.run_dir / "checkpoint.pt",
@@ -383,6 +404,7 @@ class Trainer:
             cost_sum = cost_sum + stats.cost
             frames_done += stats.n_frames
             self.callbacks.on_update(epoch, update + 1, n_updates)
+            self._agree_on_signals()
             if self.stop.signum is not None and update + 1 < n_updates:
                 self._interrupt(epoch, update + 1, order, monitor_sum, cost_sum, seconds_before + time.perf_counter() - t0, frames_done)
         if self.device.type == "cuda":
@@ -406,15 +428,22 @@ class Trainer:
         if stage.name == "fine":
             self._validate(epoch, metrics)
         metrics["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self._agree_on_signals()
         if self.stop.signum is not None:  # a signal during the last update or validation
             self.epoch, self.progress = epoch, None
             self.selection.update(metrics)
             self.last_metrics = metrics
             self.save(best=self.best is not None and self.best.get("epoch") == epoch)
-            rundir.append_metrics(self.run_dir, metrics)
+            if self.writes:
+                rundir.append_metrics(self.run_dir, metrics)
             self.callbacks.on_epoch_end(metrics)
             raise TrainingInterrupted(self.stop.signum, self.run_dir, epoch, None)
         return metrics
+
+    def _agree_on_signals(self) -> None:
+        """Under torchrun, a signal any process received stops every process at the same update."""
+        if self.world is not None:
+            self.stop.signum = self.world.agree_signal(self.stop.signum)
 
     def _validate(self, epoch: int, metrics: dict[str, Any]) -> None:
         """Validation LL when due (every eval_every fine-tuning epochs, and the last), then
@@ -474,14 +503,27 @@ class Trainer:
         return {"valid_ll": res.mean, "valid_ll_stderr": res.stderr, "valid_ll_seconds": time.perf_counter() - t0}
 
 
-def new_trainer(settings: Settings, device, data, data_path, command="", callbacks=None, stop=None) -> Trainer:
+def new_trainer(settings: Settings, device, data, data_path, command="", callbacks=None, stop=None,
+                world=None) -> Trainer:
     """A trainer for a fresh run on ``data`` (prepared, from ``data_path``): its run directory
-    created and locked. ``api.start_training`` resolves the data a setting names."""
-    trainer = Trainer(settings, device, data, data_path, callbacks, stop)
+    created and locked (by the main process under torchrun). ``api.start_training`` resolves
+    the data a setting names."""
+    trainer = Trainer(settings, device, data, data_path, callbacks, stop, world)
+    problem = None
+    if trainer.writes:
+        try:
+            _own_run_dir(trainer, command)
+        except RnnrbmError as e:
+            problem = e
+    _agree_on_start(trainer, problem)
+    return trainer
+
+
+def _own_run_dir(trainer: Trainer, command: str) -> None:
     if trainer.run_dir is None:
         trainer.start_run_dir(command)
         trainer.lock = rundir.RunLock(trainer.run_dir, command)
-        return trainer
+        return
     trainer.lock = rundir.RunLock(trainer.run_dir, command)
     if (trainer.run_dir / "checkpoint.pt").exists():
         trainer.release()
@@ -489,11 +531,25 @@ def new_trainer(settings: Settings, device, data, data_path, command="", callbac
             f"{trainer.run_dir} already holds a run; resume it with --resume {trainer.run_dir} or choose another --run-dir."
         )
     trainer.start_run_dir(command)
-    return trainer
 
 
-def resume_trainer(run_dir, device, data_for, epochs=None, command="", callbacks=None, stop=None) -> Trainer:
-    """A trainer that continues the run in ``run_dir`` from its latest checkpoint (locked).
+def _agree_on_start(trainer: Trainer, problem: RnnrbmError | None) -> None:
+    """Raise ``problem``; under torchrun, on every process if the main one has one, and take
+    the main process's run directory."""
+    if trainer.world is not None:
+        if not trainer.world.agree(problem is None):
+            trainer.release()
+            if problem is not None:
+                raise problem
+            raise RnnrbmError("the main process of the job could not start the run (it says why); no process trained.")
+        trainer.run_dir = Path(trainer.world.broadcast(str(trainer.run_dir)))
+    elif problem is not None:
+        raise problem
+
+
+def resume_trainer(run_dir, device, data_for, epochs=None, command="", callbacks=None, stop=None, world=None) -> Trainer:
+    """A trainer that continues the run in ``run_dir`` from its latest checkpoint (locked by
+    the main process under torchrun).
 
     data_for : payload -> (prepared data, its path): the data the checkpoint was trained on
     (``api.resume_training`` hands the resolver in; the loop knows no data names).
@@ -502,19 +558,30 @@ def resume_trainer(run_dir, device, data_for, epochs=None, command="", callbacks
     ckpt = run_dir / "checkpoint.pt"
     if not ckpt.is_file():
         raise RnnrbmError(f"{run_dir} has no checkpoint.pt to resume from.")
-    lock = rundir.RunLock(run_dir, command)
+    main = world is None or world.main
+    lock, problem = None, None
+    try:
+        lock = rundir.RunLock(run_dir, command) if main else None
+    except RnnrbmError as e:
+        problem = e
+    if world is not None and not world.agree(problem is None):
+        raise problem or RnnrbmError("the main process of the job could not lock the run (it says why); no process trained.")
+    if problem is not None:
+        raise problem
     try:
         payload = load_checkpoint(ckpt)
         settings = settings_from_checkpoint(payload).with_values(run_dir=str(run_dir))
         if epochs is not None:
             settings = settings.with_values(epochs=epochs)
         data, path = data_for(payload)
-        trainer = Trainer(settings, device, data, path, callbacks, stop)
+        trainer = Trainer(settings, device, data, path, callbacks, stop, world)
         trainer.load_state(payload)
-        rundir.trim_metrics(run_dir, trainer.epoch)
-        rundir.append_command(run_dir, command)
+        if main:
+            rundir.trim_metrics(run_dir, trainer.epoch)
+            rundir.append_command(run_dir, command)
     except BaseException:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
     trainer.lock = lock
     return trainer

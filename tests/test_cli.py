@@ -70,3 +70,18 @@ def test_help_does_not_import_torch():
     code = "import sys; from rnnrbm_cli.cli import cli; cli(['train', '--help'], standalone_mode=False); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"
+
+
+def test_an_error_sentence_with_brackets_prints_as_it_is(monkeypatch):
+    """Library messages are text, not rich markup: a path such as "[/tmp/x]" must not break the printing."""
+    from rnnrbm_cli import registry
+    from rnnrbm_cli.errors import RnnrbmError
+
+    from conftest import one_sentence_error
+
+    def fail(*args, **kwargs):
+        raise RnnrbmError("cannot read [/gloo/pair.cc:537] [bold]x[/bold].")
+
+    monkeypatch.setattr(registry, "load_registry", fail)
+    line = one_sentence_error(run("datasets"))
+    assert line == "Error: cannot read [/gloo/pair.cc:537] [bold]x[/bold]."
