@@ -42,3 +42,54 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def staged_paths(paths: list[Path], *, replace: bool) -> Iterator[list[Path]]:
+    """Yield a temporary path beside each of ``paths`` to write; on success move each into
+    place, in the order given, and remove the temporaries in any case.
+
+    With ``replace`` a move replaces what is there (os.replace). Without it a move only
+    creates: os.link never replaces, so of two writers racing for the same names the later
+    one gets FileExistsError (raised), having removed what it had already moved into place,
+    and the earlier one's files stay whole. (Where the file system has no hard links, an
+    O_EXCL create claims the name first.)
+    """
+    paths = [Path(p) for p in paths]
+    tmps: list[Path] = []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+            os.close(fd)
+            tmps.append(Path(tmp))
+        yield tmps
+        placed: list[Path] = []
+        try:
+            for tmp, path in zip(tmps, paths):
+                if replace:
+                    os.replace(tmp, path)
+                else:
+                    _create_from(tmp, path)
+                placed.append(path)
+        except BaseException:
+            if not replace:
+                for path in placed:  # ours: nobody else can have replaced a file link created
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+            raise
+    finally:
+        for tmp in tmps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def _create_from(tmp: Path, path: Path) -> None:
+    """Give the written file ``tmp`` the name ``path`` only if no file has it (FileExistsError)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (e.g. FAT, some network file systems): claim the name first
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.replace(tmp, path)

@@ -148,9 +148,12 @@ def evaluate_model(
     progress, on_message). The dict also has split, checkpoint, data (the prepared file),
     seed and device."""
     from rnnrbm_cli.evaluate import evaluate_split
+    from rnnrbm_cli.pianoroll import check_same_grid
 
     model, payload = load_model(checkpoint, device)
     prepared, path = data_for_checkpoint(payload, data, cache_dir, mirror)
+    check_same_grid(str(path), prepared.meta, payload.get("data") if isinstance(payload.get("data"), dict) else {},
+                    "evaluate on data prepared like the training data (the same --dt or --beat-division)")
     sequences = prepared.splits.get(split) or []
     result = evaluate_split(model, sequences, where=str(path), split=split, seed=seed, **options)
     dev = next(model.parameters()).device

@@ -4,7 +4,7 @@ model types are the models' registry's (``models.model_types()``), not spelled h
 
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "FORMS", "EVAL_METHODS", "LL_METHODS", "RNN_KINDS"]
+__all__ = ["BACKENDS", "FORMS", "EVAL_METHODS", "LL_METHODS", "RNN_KINDS", "MAX_SEED"]
 
 # Who computes: "auto" (engines/__init__.py decides), "torch" or "numba" (the compiled CPU kernels).
 BACKENDS = ("auto", "torch", "numba")
@@ -16,3 +16,6 @@ LL_METHODS = ("auto", "exact", "ais", "raise")
 EVAL_METHODS = ("ais", "raise")
 # The recurrences every model can condition on (models/base.py builds them).
 RNN_KINDS = ("tanh", "sigmoid", "lstm", "gru")
+# The largest seed any command takes: torch's generators hold 64 bits, and the loop seeds its
+# generators with seed + 1 .. seed + 3, which must still fit.
+MAX_SEED = 2**62

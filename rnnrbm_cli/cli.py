@@ -18,12 +18,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path
 
+import math
+
 import click
 from rich.console import Console
 from rich.markup import escape
 
 from rnnrbm_cli import __version__, models
-from rnnrbm_cli.choices import BACKENDS, EVAL_METHODS, FORMS, LL_METHODS
+from rnnrbm_cli.choices import BACKENDS, EVAL_METHODS, FORMS, LL_METHODS, MAX_SEED
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 
 # Messages and tables for people go to stderr; stdout carries results only.
@@ -42,11 +44,21 @@ def fail(message: str) -> None:
 
 
 class _Group(click.Group):
-    """A click group that turns library errors into one sentence on stderr and exit 1."""
+    """A click group that turns library errors into one sentence on stderr and exit 1 (2 for
+    a usage error), a flag's bad value into one sentence and exit 2 (click's own usage block,
+    with its help hint, is for a command line it cannot parse at all), and Ctrl+C into one
+    line and exit 130 (128 + SIGINT; every file is written atomically, so none is left half
+    written). train and tune catch the signal themselves to checkpoint first."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.BadParameter as e:
+            err_console.print(f"[bold red]Error:[/] {escape(e.format_message())}", soft_wrap=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            err_console.print("Interrupted; nothing was left half written.", soft_wrap=True)
+            sys.exit(130)
         except RnnrbmUsageError as e:
             err_console.print(f"[bold red]Error:[/] {escape(str(e))}", soft_wrap=True)
             sys.exit(2)
@@ -84,9 +96,30 @@ _FORMS = FORMS
 _MAX_FRAMES = 100_000  # pianoroll.MAX_FRAMES
 _MAX_MEMBER_MB = 2  # pianoroll.MAX_MIDI_BYTES in MiB
 _EVAL_DEFAULTS = {"chains": 100, "betas": 1000, "samples": 20, "gibbs": 50}  # evaluate.DEFAULT_*
+# The most a command's counts may be: far beyond any use, small enough to be held and finished.
+_MAX_K = 10_000  # Gibbs steps (sample --k, evaluate --gibbs): config.MAX_K
+_MAX_EVAL = {"chains": 10_000, "betas": 1_000_000, "samples": 10_000}  # config.MAX_EVAL_CHAINS, MAX_EVAL_BETAS
+_MAX_PIXELS, _MAX_DPI = 20_000, 1_000  # plot's figure: 400 megapixels at most
 _BACKENDS = BACKENDS
 _EVAL_METHODS = EVAL_METHODS
 _LL_METHODS = (*LL_METHODS, "both")
+
+
+class FloatRange(click.FloatRange):
+    """click's FloatRange that also refuses nan and infinity (click's accepts "nan" and
+    "inf": no comparison with a bound is ever false for nan, and inf passes any lower one)."""
+
+    name = "float range"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{rv} is not a finite number.", param, ctx)
+        return rv
+
+
+# Every seed a command takes: 0..MAX_SEED.
+SEED = click.IntRange(0, MAX_SEED)
 
 
 class ModelChoice(click.Choice):

@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 
 from rnnrbm_cli.cli import (
-    _FORMS, _MAX_FRAMES, _MAX_MEMBER_MB, _cache_dir_option, cli,
+    _FORMS, _MAX_FRAMES, _MAX_MEMBER_MB, SEED, FloatRange, _cache_dir_option, cli,
     err_console, fail, out_console, print_json,
 )
 from rnnrbm_cli.errors import RnnrbmUsageError
@@ -281,9 +281,9 @@ def _workers(ctx, param, value: str) -> int:
 @click.argument("name_or_path")
 @click.option("--source", "source_kind", type=click.Choice(["rolls", "pickle", "midi"]),
               help="Which file of a dataset to use (default rolls), or how to read a path.")
-@click.option("--dt", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--dt", type=FloatRange(min=0, min_open=True), default=None,
               help="MIDI only: seconds per frame (default 0.3, the tutorial's).")
-@click.option("--beat-division", type=click.IntRange(min=1), default=None,
+@click.option("--beat-division", type=click.IntRange(1, 10_000), default=None,
               help="MIDI only: frames per beat (quarter note), following the tempo map.")
 @click.option("--transpose", type=click.Choice(["none", "c"]), default=None,
               help="MIDI only: transpose each file to C major / C minor (default none).")
@@ -293,10 +293,10 @@ def _workers(ctx, param, value: str) -> int:
               help="Output .npz (default: in the cache, named after the source and grid).")
 @click.option("--split-ratios", callback=_split_ratios, default=None, metavar="TRAIN,VALID,TEST",
               help="Unsplit MIDI folder only: shares of a seeded shuffle (default 0.8,0.1,0.1).")
-@click.option("--seed", type=int, default=None, help="Unsplit MIDI folder only: seed of that shuffle (default 0).")
+@click.option("--seed", type=SEED, default=None, help="Unsplit MIDI folder only: seed of that shuffle (default 0).")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None,
               help=f"Skip a MIDI file whose roll would have more frames than this (default {_MAX_FRAMES:,}).")
-@click.option("--max-member-mb", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--max-member-mb", type=FloatRange(min=0, min_open=True), default=None,
               help=f"Skip a MIDI file or zip member larger than this many MiB once inflated (default {_MAX_MEMBER_MB}).")
 @click.option("--workers", callback=_workers, default="1", metavar="N",
               help="MIDI only: sample the files in N processes, capped at the CPUs and the files; "

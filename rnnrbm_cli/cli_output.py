@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from rnnrbm_cli.cli import (
-    _EVAL_DEFAULTS, _LL_METHODS, _backend_option, _cache_dir_option, cli,
+    _EVAL_DEFAULTS, _LL_METHODS, _MAX_DPI, _MAX_EVAL, _MAX_K, _MAX_PIXELS, SEED, FloatRange, _backend_option, _cache_dir_option, cli,
     err_console, fail, out_console, print_json,
 )
 
@@ -21,18 +21,18 @@ from rnnrbm_cli.cli import (
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT.mid")
 @click.option("--steps", type=click.IntRange(min=1), help="Frames to generate (after the primer).  [default: 200]")
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), help="Or: how many seconds to generate (after the primer), on the file's grid.")
-@click.option("--temperature", type=click.FloatRange(0.01, 100), default=1.0, show_default=True, help="Below 1 sharper (fewer stray notes), above 1 wilder: each frame's energies or note logits divided by it.")
+@click.option("--seconds", type=FloatRange(min=0, min_open=True), help="Or: how many seconds to generate (after the primer), on the file's grid.")
+@click.option("--temperature", type=FloatRange(0.01, 100), default=1.0, show_default=True, help="Below 1 sharper (fewer stray notes), above 1 wilder: each frame's energies or note logits divided by it.")
 @click.option("--transpose-to", metavar="KEY", help="Move the pieces from C to this key (D, F#, Bb minor, ...), for a model trained on rolls transposed to C (the benchmark rolls).")
-@click.option("--k", type=click.IntRange(min=1), default=25, show_default=True, help="Gibbs steps per generated frame.")
+@click.option("--k", type=click.IntRange(1, _MAX_K), default=25, show_default=True, help="Gibbs steps per generated frame.")
 @click.option("--num", type=click.IntRange(min=1), default=1, show_default=True, help="Pieces, sampled in one batch: OUT-001.mid, OUT-002.mid, ...")
-@click.option("--seed", type=click.IntRange(min=0), help="Seed of the sampler; the same seed writes the same files.  [default: random, reported]")
+@click.option("--seed", type=SEED, help="Seed of the sampler; the same seed writes the same files.  [default: random, reported]")
 @click.option("--primer", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="MIDI file or prepared .npz that every piece begins with and continues.")
 @click.option("--primer-steps", type=click.IntRange(min=1), help="Use only the primer's first N frames.")
 @click.option("--split", help="Split of an .npz primer.  [default: test]")
 @click.option("--index", type=click.IntRange(min=0), help="Sequence of that split.  [default: 0]")
-@click.option("--dt", type=click.FloatRange(min=0, min_open=True), help="Seconds per frame in the files.  [default: the checkpoint's grid]")
-@click.option("--tempo", type=click.FloatRange(min=0, min_open=True), help="Beats per minute, for a model trained on a beat grid.  [default: 120]")
+@click.option("--dt", type=FloatRange(min=0, min_open=True), help="Seconds per frame in the files.  [default: the checkpoint's grid]")
+@click.option("--tempo", type=FloatRange(min=0, min_open=True), help="Beats per minute, for a model trained on a beat grid.  [default: 120]")
 @click.option("--program", type=click.IntRange(0, 127), default=0, show_default=True, help="General MIDI instrument (0 = acoustic grand piano).")
 @click.option("--velocity", type=click.IntRange(1, 127), default=80, show_default=True, help="Velocity of every note.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -82,10 +82,10 @@ def sample_cmd(checkpoint: Path, out: Path, as_json: bool, **options) -> None:
               help="PNG file to write.  [default: beside the input: FILE.png, FILE-SPLIT-INDEX.png, RUN_DIR/training.png]")
 @click.option("--split", help="Split of a prepared .npz.  [default: test]")
 @click.option("--index", type=click.IntRange(min=0), help="Sequence of that split.  [default: 0]")
-@click.option("--dt", type=click.FloatRange(min=0, min_open=True), help="Seconds per frame when sampling a MIDI file.  [default: 0.05]")
-@click.option("--width", type=click.IntRange(min=50), help="Width in pixels.  [default: 1200, training curves 1000]")
-@click.option("--height", type=click.IntRange(min=50), help="Height in pixels.  [default: 500, training curves 700]")
-@click.option("--dpi", type=click.IntRange(min=10), default=100, show_default=True, help="Scale of text and lines (not of the pixel size).")
+@click.option("--dt", type=FloatRange(min=0, min_open=True), help="Seconds per frame when sampling a MIDI file.  [default: 0.05]")
+@click.option("--width", type=click.IntRange(50, _MAX_PIXELS), help="Width in pixels.  [default: 1200, training curves 1000]")
+@click.option("--height", type=click.IntRange(50, _MAX_PIXELS), help="Height in pixels.  [default: 500, training curves 700]")
+@click.option("--dpi", type=click.IntRange(10, _MAX_DPI), default=100, show_default=True, help="Scale of text and lines (not of the pixel size).")
 @click.option("--show", is_flag=True, help="Also open the figure in a window, where there is a display.")
 @click.option("-f", "--force", is_flag=True, help="Replace the PNG if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object naming the file written.")
@@ -192,20 +192,20 @@ def _duration(seconds: float) -> str:
 @click.option("--data", help="Registry name or prepared .npz file.  [default: the data the checkpoint was trained on]")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True,
               help="Which split to evaluate.")
-@click.option("--chains", type=click.IntRange(min=1), default=_EVAL_DEFAULTS["chains"], show_default=True,
+@click.option("--chains", type=click.IntRange(1, _MAX_EVAL["chains"]), default=_EVAL_DEFAULTS["chains"], show_default=True,
               help="AIS runs per frame (the paper's 100).")
-@click.option("--betas", type=click.IntRange(min=1), default=_EVAL_DEFAULTS["betas"], show_default=True,
+@click.option("--betas", type=click.IntRange(1, _MAX_EVAL["betas"]), default=_EVAL_DEFAULTS["betas"], show_default=True,
               help="AIS inverse temperatures per run.")
-@click.option("--samples", type=click.IntRange(min=1), default=_EVAL_DEFAULTS["samples"], show_default=True,
+@click.option("--samples", type=click.IntRange(1, _MAX_EVAL["samples"]), default=_EVAL_DEFAULTS["samples"], show_default=True,
               help="Gibbs chains per frame for its note probabilities (used by ACC and the AIS base).")
-@click.option("--gibbs", type=click.IntRange(min=1), default=_EVAL_DEFAULTS["gibbs"], show_default=True,
+@click.option("--gibbs", type=click.IntRange(1, _MAX_K), default=_EVAL_DEFAULTS["gibbs"], show_default=True,
               help="Gibbs steps per chain (for ACC, chains start from the previous true frame).")
 @click.option("--method", type=click.Choice(_LL_METHODS), default="auto", show_default=True,
               help="log Z by: auto (exact when n_hidden <= 20, else ais), exact, ais (forward annealing: errs high "
                    "when --betas is too few), raise (reverse annealing from the frames: errs low), or both (ais and "
                    "raise on the same frames: they bracket the truth).")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Evaluate a seeded random subset of this many frames (a quick estimate).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the frame subset, AIS and Gibbs sampling.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for the frame subset, AIS and Gibbs sampling.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @_backend_option
 @click.option("--mirror", default=None, help="Folder or URL base tried before the registry URLs [$RNNRBM_MIRROR].")

@@ -7,7 +7,7 @@ import sys
 import click
 from rich.markup import escape
 
-from rnnrbm_cli.cli import _BACKENDS, ModelChoice, cli, err_console, models, print_json
+from rnnrbm_cli.cli import _BACKENDS, SEED, FloatRange, ModelChoice, cli, err_console, models, print_json
 from rnnrbm_cli.errors import RnnrbmUsageError
 
 _PRUNERS = ("median", "halving", "none")  # tune.PRUNERS
@@ -18,9 +18,9 @@ _DEFAULT_EPOCHS, _DEFAULT_EVAL_EVERY = 20, 2  # tune.DEFAULT_EPOCHS, tune.DEFAUL
 @click.option("--data", help="Registry name, prepared .npz, or a MIDI folder/zip (prepared first).  [default: --config's]")
 @click.option("--model", "model_type", type=ModelChoice(),
               help=f"The model every trial trains.  [default: --config's, else {models.DEFAULT_MODEL_TYPE}]")
-@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
+@click.option("--trials", type=click.IntRange(1, 1_000_000), default=20, show_default=True,
               help="Finished trials (complete or pruned) the study should have in total, over all workers and runs.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Start no trial after this many seconds (the running one ends).")
+@click.option("--timeout", type=FloatRange(min=0, min_open=True), help="Start no trial after this many seconds (the running one ends).")
 @click.option("--study", "study_name", help="Study name.  [default: <data>-<model>]")
 @click.option("--storage", help="Database URL shared by workers, e.g. postgresql://USER@HOST/DB.  [default: runs/tune-<study>/study.db, SQLite]")
 @click.option("--space", "space_file", type=click.Path(dir_okay=False), help="TOML search space, replacing the default (see --show-space).")
@@ -31,8 +31,8 @@ _DEFAULT_EPOCHS, _DEFAULT_EVAL_EVERY = 20, 2  # tune.DEFAULT_EPOCHS, tune.DEFAUL
               help="Stop poor trials early: median (below the median of earlier trials at the same epoch) or successive halving.")
 @click.option("--device", help="auto, cpu or cuda.  [default: auto]")
 @click.option("--backend", type=click.Choice(_BACKENDS), help="Who computes: auto, torch or numba.  [default: auto]")
-@click.option("--seed", type=int, help="Seed of every trial's initialisation, shuffling and sampling.  [default: 1234]")
-@click.option("--heartbeat", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--seed", type=SEED, help="Seed of every trial's initialisation, shuffling and sampling.  [default: 1234]")
+@click.option("--heartbeat", type=click.IntRange(1, 3600), default=10, show_default=True,
               help="Seconds between a running trial's heartbeats; one silent for 6 of them is failed as lost.")
 @click.option("--mirror", help="Local folder or URL to fetch data from first.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Download and prepared-data cache.")

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from rnnrbm_cli import models
-from rnnrbm_cli.choices import BACKENDS, EVAL_METHODS
+from rnnrbm_cli.choices import BACKENDS, EVAL_METHODS, MAX_SEED
 from rnnrbm_cli.errors import RnnrbmUsageError
 from rnnrbm_cli.models.base import ModelConfig
 from rnnrbm_cli.pianoroll import check_dt
@@ -31,6 +32,24 @@ __all__ = [
     "ModelConfig", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "Settings", "PRESETS", "preset_values", "toml_text",
     "resolve_settings", "merge_settings", "read_settings_file", "settings_from_checkpoint",
 ]
+
+
+# The largest values the settings take: far beyond any useful run, small enough that what
+# they size fits in memory and in torch's 64-bit counters, so that a typo (n_hidden =
+# 2000000000) is one sentence before any work instead of an allocation failure after it.
+MAX_EPOCHS = 1_000_000  # any count of epochs or estimates: epochs, pretraining, patience, eval_every
+MAX_K = 10_000  # Gibbs steps of CD-k (the tutorial's 15)
+MAX_CHUNK = 100_000  # frames per chunk: pianoroll.MAX_FRAMES, so no sequence is longer
+MAX_BATCH = 10_000  # chunks per update
+MAX_BATCH_CELLS = 2**28  # batch x chunk x n_visible of one update: 1 GiB as float32 (as sample.MAX_CELLS)
+MAX_EVAL_FRAMES = 10_000_000  # validation frames of an estimate
+MAX_EVAL_CHAINS = 10_000  # AIS chains (the paper's 100)
+MAX_EVAL_BETAS = 1_000_000  # AIS inverse temperatures (the paper's evaluation used 1000s)
+MAX_UNITS = 2**31 - 1  # n_visible, n_hidden, n_recurrent, each
+MAX_PARAMETERS = 2**31  # a model's parameters (8 GiB as float32)
+# Training holds each parameter four times (float32 weights, gradient, two Adam moments): a
+# model of more than this share of the machine's memory is refused too.
+TRAIN_BYTES_PER_PARAMETER = 16
 
 
 @dataclass(frozen=True)
@@ -94,15 +113,17 @@ class OptimConfig:
     pretrain_rnn_lr: float = 0.003
 
     def __post_init__(self) -> None:
+        positive = (lambda v: v > 0, "above 0")
         _check_ranges(self, {
-            "epochs": self.epochs >= 0, "k": self.k >= 1, "lr": self.lr > 0, "momentum": 0 <= self.momentum < 1,
-            "chunk": self.chunk >= 1, "batch": self.batch >= 1,
-            "lr_rbm": self.lr_rbm is None or self.lr_rbm > 0, "lr_rnn": self.lr_rnn is None or self.lr_rnn > 0,
-            "lr_decay": 0 < self.lr_decay <= 1, "lr_patience": self.lr_patience >= 0, "clip_grad": self.clip_grad >= 0,
-            "ema": 0 <= self.ema < 1,
-            "patience": self.patience >= 0, "pretrain_rbm_epochs": self.pretrain_rbm_epochs >= 0,
-            "pretrain_rbm_lr": self.pretrain_rbm_lr > 0, "pretrain_rnn_epochs": self.pretrain_rnn_epochs >= 0,
-            "pretrain_rnn_lr": self.pretrain_rnn_lr > 0,
+            "epochs": _between(0, MAX_EPOCHS), "k": _between(1, MAX_K), "lr": positive,
+            "momentum": (lambda v: 0 <= v < 1, "0 to below 1"),
+            "chunk": _between(1, MAX_CHUNK), "batch": _between(1, MAX_BATCH),
+            "lr_rbm": positive, "lr_rnn": positive,
+            "lr_decay": (lambda v: 0 < v <= 1, "above 0 to 1"), "lr_patience": _between(0, MAX_EPOCHS),
+            "clip_grad": (lambda v: v >= 0, "0 or more"), "ema": (lambda v: 0 <= v < 1, "0 to below 1"),
+            "patience": _between(0, MAX_EPOCHS), "pretrain_rbm_epochs": _between(0, MAX_EPOCHS),
+            "pretrain_rbm_lr": positive, "pretrain_rnn_epochs": _between(0, MAX_EPOCHS),
+            "pretrain_rnn_lr": positive,
         })
         if self.optimizer not in ("sgd", "adam"):
             raise RnnrbmUsageError(f"optimizer must be sgd or adam, not {self.optimizer!r}.")
@@ -134,6 +155,10 @@ class EvalConfig:
     eval_method: str = "ais"
 
     def __post_init__(self) -> None:
+        _check_ranges(self, {
+            "eval_every": _between(0, MAX_EPOCHS), "eval_frames": _between(1, MAX_EVAL_FRAMES),
+            "eval_chains": _between(1, MAX_EVAL_CHAINS), "eval_betas": _between(1, MAX_EVAL_BETAS),
+        })
         if self.eval_method not in EVAL_METHODS:
             raise RnnrbmUsageError(f"eval_method must be one of {', '.join(EVAL_METHODS)}, not {self.eval_method!r}.")
 
@@ -151,6 +176,7 @@ class RunConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
+        _check_ranges(self, {"seed": _between(0, MAX_SEED)})
         if self.backend not in BACKENDS:
             raise RnnrbmUsageError(f"backend must be {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}, not {self.backend!r}.")
 
@@ -164,6 +190,9 @@ class Settings:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        check_sizes(self)
 
     def sections(self) -> dict[str, dict[str, Any]]:
         """By section, as config.json holds them (run_dir left out: it is where the file is)."""
@@ -219,10 +248,64 @@ def preset_values(name: str, model_type: str = models.DEFAULT_MODEL_TYPE, data: 
     return dict(PRESETS[name])
 
 
-def _check_ranges(obj: Any, checks: dict[str, bool]) -> None:
-    for name, ok in checks.items():
-        if not ok:
-            raise RnnrbmUsageError(f"{name} = {getattr(obj, name)!r} is out of range.")
+def _between(low: int, high: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: low <= v <= high), f"{low:,}..{high:,}"
+
+
+def _check_ranges(obj: Any, checks: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
+    """Each named field of ``obj`` (None: not set, allowed) in its range, every float finite."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RnnrbmUsageError(f"{f.name} = {value!r} is not a finite number.")
+    for name, (ok, allowed) in checks.items():
+        value = getattr(obj, name)
+        if value is not None and not ok(value):
+            raise RnnrbmUsageError(f"{name} = {value!r} is out of range ({allowed}).")
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory of this machine, if the OS says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def model_parameters(config: ModelConfig) -> int:
+    """How many parameters the model of ``config`` has, counted without allocating them
+    (built on torch's meta device, so every model counts itself)."""
+    import torch
+
+    for name in ("n_visible", "n_hidden", "n_recurrent"):
+        if getattr(config, name) > MAX_UNITS:
+            raise RnnrbmUsageError(f"{name} = {getattr(config, name)!r} is out of range (1..{MAX_UNITS:,}).")
+    with torch.device("meta"):
+        model = models.record(config.model_type).model_class(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_sizes(settings: Settings) -> None:
+    """Refuse settings whose model or update the machine cannot plausibly hold: more than
+    MAX_PARAMETERS parameters, or more than half the physical memory to train them, or more
+    than MAX_BATCH_CELLS cells in one update's batch."""
+    m, o = settings.model, settings.optim
+    n = model_parameters(m)
+    memory = physical_memory()
+    need = n * TRAIN_BYTES_PER_PARAMETER
+    if n > MAX_PARAMETERS or (memory is not None and need > memory // 2):
+        held = f"{MAX_PARAMETERS:,} parameters" + (f" or half of this machine's {memory / 2**30:,.0f} GiB" if memory else "")
+        raise RnnrbmUsageError(
+            f"n_visible = {m.n_visible}, n_hidden = {m.n_hidden} and n_recurrent = {m.n_recurrent} give the {m.model_type} "
+            f"model {n:,} parameters (about {need / 2**30:,.1f} GiB to train), more than the {held} a model may take; "
+            "lower n_hidden or n_recurrent."
+        )
+    cells = o.batch * o.chunk * m.n_visible
+    if cells > MAX_BATCH_CELLS:
+        raise RnnrbmUsageError(
+            f"batch = {o.batch} chunks of chunk = {o.chunk} frames of {m.n_visible} keys is {cells:,} cells per update, "
+            f"more than the {MAX_BATCH_CELLS:,} one update may hold; lower batch or chunk."
+        )
 
 
 # Settings that may be None (meaning "not set": another setting or a rule decides).
@@ -351,6 +434,12 @@ def settings_from_checkpoint(payload: Mapping[str, Any]) -> Settings:
     if isinstance(payload.get("settings"), Mapping):
         values.update(flatten(payload["settings"], where="the checkpoint"))
     return resolve_settings(values)
+
+
+def differences(a: Settings, b: Settings) -> dict[str, tuple[Any, Any]]:
+    """The flat settings whose values differ, key -> (a's, b's); run_dir left out."""
+    fa, fb = a.flat(), b.flat()
+    return {k: (fa[k], fb[k]) for k in fa if k != "run_dir" and fa[k] != fb[k]}
 
 
 # --- writing settings back: the one TOML writer ------------------------------------------

@@ -266,6 +266,14 @@ def prepare(
             transpose=transpose, pedal=bool(pedal), cache_dir=cache_dir,
         )
     out, meta = _write_prepared(out, splits, meta)
+    if not splits.get("valid"):
+        counts = "/".join(str(len(splits.get(name) or [])) for name in ("train", "valid", "test"))
+        message = (f"the valid split is empty (train/valid/test: {counts} sequences), so training on {out} selects no "
+                   "model (best.pt is the latest epoch) and never stops early; give more files, or a larger valid "
+                   "share with --split-ratios.")
+        warnings = [*warnings, message]
+        if on_warning is not None:
+            on_warning(message)
     return PrepareResult(out, _summary(splits), meta, skipped, warnings)
 
 

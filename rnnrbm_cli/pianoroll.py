@@ -356,8 +356,8 @@ def roll_to_midi(roll: np.ndarray, dt: float, *, program: int = 0, velocity: int
     dt), dt=dt)`` returns ``roll`` exactly, trailing silent frames included.
     """
     roll = _check_roll(roll)
-    if not (dt > 0 and math.isfinite(dt)):
-        raise ValueError(f"dt must be a positive number of seconds, not {dt!r}")
+    if not MIN_WRITE_DT <= dt <= MAX_WRITE_DT:
+        raise ValueError(f"dt must be {MIN_WRITE_DT:g} to {MAX_WRITE_DT:g} seconds (the range of a MIDI tempo), not {dt!r}")
     if not 0 <= program <= 127:
         raise ValueError(f"program must be in 0..127, not {program}")
     if not 1 <= velocity <= 127:
@@ -539,6 +539,9 @@ def transpose_from_c(roll: np.ndarray, key: str) -> tuple[np.ndarray, int]:
 
 DEFAULT_DT = 0.3  # seconds per frame when MIDI is sampled and no grid is given: the tutorial's
 DEFAULT_TEMPO = 120.0  # beats per minute when beat-grid frames are written as MIDI
+# A MIDI file's tempo is microseconds per quarter note, a 24-bit field (1..16,777,215), and a
+# written frame is one beat (roll_to_midi): so a written frame lasts 1 us to 16.777215 s.
+MIN_WRITE_DT, MAX_WRITE_DT = 1e-6, 0xFFFFFF / 1e6
 
 
 def check_dt(dt: float, flag: str = "dt") -> float:
@@ -546,6 +549,28 @@ def check_dt(dt: float, flag: str = "dt") -> float:
     if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (dt > 0 and math.isfinite(dt)):
         raise RnnrbmUsageError(f"{flag} must be a positive number of seconds, not {dt}.")
     return float(dt)
+
+
+def check_same_grid(what: str, meta: dict | None, model_data: dict | None, fix: str) -> None:
+    """Refuse, as a usage error, rolls (``meta``: their data metadata) on another time grid than
+    the one a model was trained on (``model_data``: its checkpoint's data metadata): their
+    frames would mean another length of time. ``what`` names the rolls, ``fix`` says what to do."""
+    mine, theirs = Grid.from_meta(meta), Grid.from_meta(model_data)
+    if not mine.matches(theirs):
+        raise RnnrbmUsageError(
+            f"{what} is on a grid of {mine.describe()} but the model was trained on one of {theirs.describe()}; {fix}."
+        )
+
+
+def _writable_dt(dt: float, asked: str, fix: str) -> float:
+    """``dt`` if a MIDI file can play frames that long (MIN_WRITE_DT..MAX_WRITE_DT), else
+    a usage error naming what ``asked`` for it, the range, and the ``fix``."""
+    if not MIN_WRITE_DT <= dt <= MAX_WRITE_DT:
+        raise RnnrbmUsageError(
+            f"{asked} makes frames of {dt:g} s, but a MIDI file holds frames of {MIN_WRITE_DT:g} to "
+            f"{MAX_WRITE_DT} s (its tempo, in microseconds per beat, is a 24-bit number); {fix}."
+        )
+    return dt
 
 
 @dataclass(frozen=True)
@@ -602,20 +627,31 @@ class Grid:
         if dt is not None and tempo is not None:
             raise RnnrbmUsageError("give --dt or --tempo, not both: each sets the length of a frame.")
         if dt is not None:
-            return check_dt(dt, "--dt")
+            return _writable_dt(check_dt(dt, "--dt"), f"--dt {dt:g}", "give --dt in that range")
         if tempo is not None and not (tempo > 0 and math.isfinite(tempo)):
             raise RnnrbmUsageError(f"--tempo must be a positive number of beats per minute, not {tempo}.")
         if self.beat_division is not None:
-            return 60.0 / (tempo if tempo is not None else DEFAULT_TEMPO) / self.beat_division
+            bpm = tempo if tempo is not None else DEFAULT_TEMPO
+            low, high = 60.0 / MAX_WRITE_DT / self.beat_division, 60.0 / MIN_WRITE_DT / self.beat_division
+            return _writable_dt(60.0 / bpm / self.beat_division, f"--tempo {bpm:g} at {self.describe()}",
+                                f"give --tempo in {low:.6g}..{high:.6g}")
         if tempo is not None:
             raise RnnrbmUsageError(
                 "--tempo applies to a model trained on a beat grid; these frames are "
                 f"{self.dt} seconds long: use --dt to change that."
             )
         if self.dt is not None:
-            return self.dt
+            return _writable_dt(self.dt, f"the recorded grid of {self.describe()}", "give --dt in that range")
         raise RnnrbmUsageError(
             f"no time grid is recorded; give the seconds per frame with --dt (the tutorial used {DEFAULT_DT})."
+        )
+
+    def matches(self, other: Grid) -> bool:
+        """Whether frames on this grid and on ``other`` mean the same time (True when either is unknown)."""
+        if self.kind is None or other.kind is None:
+            return True
+        return self.beat_division == other.beat_division and (
+            self.dt == other.dt or (self.dt is not None and other.dt is not None and math.isclose(self.dt, other.dt))
         )
 
     def axis(self) -> tuple[float, str]:

@@ -31,13 +31,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from rnnrbm_cli import _io
 from rnnrbm_cli.checkpoint import load_model
 from rnnrbm_cli.device import resolve_device
 from rnnrbm_cli.engines import sampler_for
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.models import record_of
 from rnnrbm_cli.models.base import tempered
-from rnnrbm_cli.pianoroll import N_KEYS, Grid, tonic_of, transpose_from_c
+from rnnrbm_cli.pianoroll import N_KEYS, Grid, check_same_grid, tonic_of, transpose_from_c
 
 MIDI_SUFFIXES = (".mid", ".midi")
 DEFAULT_STEPS = 200  # frames generated when neither --steps nor --seconds is given
@@ -190,17 +191,7 @@ def _same_file(a: Path, b: Any) -> bool:
 
 def _check_same_grid(source: Path, meta: dict[str, Any], data: dict[str, Any]) -> None:
     """A prepared primer must be on the grid the model was trained on, or its frames mean something else."""
-    mine, theirs = Grid.from_meta(meta), Grid.from_meta(data)
-    if mine.kind is None or theirs.kind is None:
-        return
-    same = mine.beat_division == theirs.beat_division and (
-        mine.dt == theirs.dt or (mine.dt is not None and theirs.dt is not None and math.isclose(mine.dt, theirs.dt))
-    )
-    if not same:
-        raise RnnrbmUsageError(
-            f"primer {source} is on a grid of {mine.describe()} but the model was trained on one of "
-            f"{theirs.describe()}; give a primer prepared like the training data, or a MIDI file."
-        )
+    check_same_grid(f"primer {source}", meta, data, "give a primer prepared like the training data, or a MIDI file")
 
 
 # -- output files ------------------------------------------------------------------------
@@ -243,9 +234,15 @@ def check_writable(files: list[dict[str, Path]], force: bool) -> None:
 
 @contextlib.contextmanager
 def _writing(path: Path) -> Iterator[None]:
-    """Turn a failed write (a read-only folder, a full disk) into one sentence."""
+    """Turn a failed write (a read-only folder, a full disk) into one sentence, and a name
+    another process took meanwhile into another."""
     try:
         yield
+    except FileExistsError as e:
+        raise RnnrbmError(
+            f"{getattr(e, 'filename2', None) or e.filename or path} was written by another process while this one sampled; nothing was written "
+            "(pass --force to replace it)."
+        ) from None
     except OSError as e:
         raise RnnrbmError(f"cannot write {path} ({e.strerror or e}); choose another output name.") from None
 
@@ -460,25 +457,32 @@ def sample(
 
     audio_method = audio_note = soundfont = None
     primer_frames = 0 if primer_roll is None else int(primer_roll.shape[0])
-    for i, (roll, entry) in enumerate(zip(rolls, files), start=1):
-        with _writing(entry["midi"]):
-            write_midi(roll, entry["midi"], frame_dt, program=program, velocity=velocity)
-        if wav:
-            from rnnrbm_cli import synth
+    # Every file is written beside its name first and moved into place at the end, all of
+    # them or none; without force a move never replaces a file, so two runs racing for the
+    # same names cannot both win (the later one stops with one sentence, its files removed).
+    targets = [path for entry in files for path in entry.values()]
+    with _writing(out), _io.staged_paths(targets, replace=force) as temporaries:
+        staged = iter(temporaries)
+        for i, (roll, entry) in enumerate(zip(rolls, files), start=1):
+            tmp = {kind: next(staged) for kind in entry}
+            with _writing(entry["midi"]):
+                write_midi(roll, tmp["midi"], frame_dt, program=program, velocity=velocity)
+            if wav:
+                from rnnrbm_cli import synth
 
-            audio = synth.render(roll_to_midi(roll, frame_dt, program=program, velocity=velocity))
-            with _writing(entry["wav"]):
-                synth.write_wav(entry["wav"], audio)
-            audio_method, audio_note, soundfont = audio.method, audio.reason, audio.soundfont
-        if png:
-            from rnnrbm_cli import plot
+                audio = synth.render(roll_to_midi(roll, frame_dt, program=program, velocity=velocity))
+                with _writing(entry["wav"]):
+                    synth.write_wav(tmp["wav"], audio)
+                audio_method, audio_note, soundfont = audio.method, audio.reason, audio.soundfont
+            if png:
+                from rnnrbm_cli import plot
 
-            title = f"{entry['midi'].name}: sampled from {Path(checkpoint).name}, seed {seed}" + (
-                f", piece {i} of {num}" if num > 1 else ""
-            )
-            marks = {"primer | sampled": primer_frames * frame_dt} if primer_frames else None
-            fig = plot.roll_figure(roll, frame_length=frame_dt, unit="s", title=title, marks=marks)
-            plot.save_figure(fig, entry["png"])
+                title = f"{entry['midi'].name}: sampled from {Path(checkpoint).name}, seed {seed}" + (
+                    f", piece {i} of {num}" if num > 1 else ""
+                )
+                marks = {"primer | sampled": primer_frames * frame_dt} if primer_frames else None
+                fig = plot.roll_figure(roll, frame_length=frame_dt, unit="s", title=title, marks=marks)
+                plot.save_figure(fig, tmp["png"])
     return SampleResult(
         rolls=rolls,
         files=files,

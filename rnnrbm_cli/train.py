@@ -29,7 +29,7 @@ from rnnrbm_cli.checkpoint import (
     state_problem,
 )
 from rnnrbm_cli.chunks import ChunkedData
-from rnnrbm_cli.config import Settings, settings_from_checkpoint
+from rnnrbm_cli.config import Settings, differences, read_settings_file, resolve_settings, settings_from_checkpoint
 from rnnrbm_cli.distributed import DataParallel
 from rnnrbm_cli.engines import objective_for
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
@@ -335,6 +335,11 @@ class Trainer:
         advice = self.advice()
         if advice is not None and self.epoch == 0:
             self.callbacks.on_message(advice)
+        if not self.valid_sequences:
+            self.callbacks.on_message(
+                f"Note: {self.data_meta.get('path', 'the data')} has no validation sequences, so no model is selected: nothing is estimated "
+                "on validation, best.pt is the latest epoch and training never stops early."
+            )
         announced = None
         while self.epoch < self.total_epochs and not self.selection.stopped_early:
             name = self.plan.stage_of(self.epoch)
@@ -547,6 +552,29 @@ def _agree_on_start(trainer: Trainer, problem: RnnrbmError | None) -> None:
         raise problem
 
 
+def _check_config_file(run_dir: Path, settings: Settings, epochs_given: bool) -> None:
+    """A run resumes with its checkpoint's settings; a config.json that says otherwise (a
+    hand edit) would be ignored silently and then misdescribe the run, so it is refused,
+    naming the keys. (epochs may differ when --epochs gives the new value; the one given is
+    then written to config.json too.)"""
+    path = run_dir / rundir.CONFIG_FILE
+    if not path.is_file():
+        return
+    try:
+        written = resolve_settings({**read_settings_file(path), "run_dir": str(run_dir)})
+    except RnnrbmUsageError as e:
+        raise RnnrbmUsageError(f"{str(e).rstrip('.')} (in {path}, which --resume checks against checkpoint.pt).") from None
+    diff = differences(written, settings)
+    if epochs_given:
+        diff.pop("epochs", None)
+    if diff:
+        keys = ", ".join(f"{k} ({a!r} there, {b!r} in checkpoint.pt)" for k, (a, b) in diff.items())
+        raise RnnrbmUsageError(
+            f"{path} differs from the run's checkpoint in {keys}; --resume continues a run with its own settings, "
+            f"so undo the edit, or train a new run from it with --config {path} --run-dir NEW_DIR."
+        )
+
+
 def resume_trainer(run_dir, device, data_for, epochs=None, command="", callbacks=None, stop=None, world=None) -> Trainer:
     """A trainer that continues the run in ``run_dir`` from its latest checkpoint (locked by
     the main process under torchrun).
@@ -571,6 +599,7 @@ def resume_trainer(run_dir, device, data_for, epochs=None, command="", callbacks
     try:
         payload = load_checkpoint(ckpt)
         settings = settings_from_checkpoint(payload).with_values(run_dir=str(run_dir))
+        _check_config_file(run_dir, settings, epochs_given=epochs is not None)
         if epochs is not None:
             settings = settings.with_values(epochs=epochs)
         data, path = data_for(payload)
@@ -579,6 +608,8 @@ def resume_trainer(run_dir, device, data_for, epochs=None, command="", callbacks
         if main:
             rundir.trim_metrics(run_dir, trainer.epoch)
             rundir.append_command(run_dir, command)
+            if epochs is not None:
+                rundir.write_config(run_dir, settings.sections())  # so that config.json keeps describing the run
     except BaseException:
         if lock is not None:
             lock.release()

@@ -57,6 +57,8 @@ def test_the_cli_spells_the_library_values_exactly():
     assert cli_module._EVAL_METHODS == config.EVAL_METHODS
     assert cli_module._LL_METHODS == (*evaluate.METHODS, "both")
     assert cli_module._FORMS == registry.FORMS
+    assert cli_module._MAX_K == config.MAX_K
+    assert cli_module._MAX_EVAL["chains"] == config.MAX_EVAL_CHAINS and cli_module._MAX_EVAL["betas"] == config.MAX_EVAL_BETAS
     assert cli_module._EVAL_DEFAULTS == {
         "chains": evaluate.DEFAULT_CHAINS, "betas": evaluate.DEFAULT_BETAS,
         "samples": evaluate.DEFAULT_SAMPLES, "gibbs": evaluate.DEFAULT_GIBBS,

@@ -184,7 +184,7 @@ def test_prepare_skips_the_hostile_file_names_it_and_keeps_going(tmp_path, grid,
     assert "Traceback" not in result.stderr
     warning = " ".join(result.stderr.split())
     assert f"Warning: {songs / 'hostile.mid'} lasts 1,748 days, {frames}: more than the 100,000" in warning
-    assert warning.endswith("if it is real); skipped.")
+    assert "if it is real); skipped. Warning: the valid split is empty" in warning  # 1/0/0 sequences
     doc = json.loads(result.stdout)
     assert doc["skipped_files"] == [str(songs / "hostile.mid")]
     assert doc["splits"]["train"]["sequences"] == 1
@@ -269,7 +269,9 @@ def test_max_frames_and_max_member_mb_flags(tmp_path):
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)["skipped_files"], " ".join(result.stderr.split())
 
-    assert run() == ([], "")
+    assert run() == ([], "Warning: the valid split is empty (train/valid/test: 2/0/1 sequences), so training on "
+                         f"{tmp_path / 'o.npz'} selects no model (best.pt is the latest epoch) and never stops early; "
+                         "give more files, or a larger valid share with --split-ratios.")
     skipped, stderr = run("--max-frames", "10")
     assert skipped == [str(songs / "many.mid")]
     assert "many.mid lasts 6.0 s, 20 frames at 0.3 s per frame: more than the 10 a piece may have" in stderr
@@ -432,13 +434,13 @@ def test_a_checkpoint_that_cannot_be_written_where_asked_is_one_sentence(tmp_pat
     assert (folder / "checkpoint.pt").read_bytes() == before and no_part_files(folder)
 
 
-def tiny_checkpoint(path: Path, n_visible: int = 88, nan: bool = False) -> Path:
+def tiny_checkpoint(path: Path, n_visible: int = 88, nan: bool = False, dt: float = 0.3) -> Path:
     config = ModelConfig(n_visible=n_visible, n_hidden=4, n_recurrent=3)
     model = RNNRBM(config)
     if nan:
         with torch.no_grad():
             model.W[0, 0] = float("nan")
-    data = {"dataset": "toy", "grid": "seconds", "dt": 0.3, "beat_division": None}
+    data = {"dataset": "toy", "grid": "seconds", "dt": dt, "beat_division": None}
     save_checkpoint(path, {"model_config": asdict(config), "model_state": model.state_dict(), "data": data})
     return path
 
@@ -506,8 +508,8 @@ def test_running_out_of_memory_while_evaluating_is_one_sentence(toy_npz, tmp_pat
         np.zeros(2**62, np.uint8)  # numpy's own ArrayMemoryError
 
     monkeypatch.setattr(evaluate, "evaluate", no_memory)
-    ckpt = tiny_checkpoint(tmp_path / "c.pt")
-    message = one_sentence_error(run("evaluate", ckpt, "--data", toy_npz, "--chains", 10**9))
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", dt=0.25)  # toy.npz's grid
+    message = one_sentence_error(run("evaluate", ckpt, "--data", toy_npz, "--chains", 10_000))
     assert message == f"Error: ran out of memory evaluating {ckpt}; lower --chains or --samples, or use --max-frames."
 
 
@@ -535,3 +537,225 @@ def test_a_state_dict_error_shows_its_useful_part(tmp_path):
         "unexpected W_extra; W is (88, 30) where the config needs (88, 20), bh is (30,) where the config needs (20,), "
         "Wuh is (10, 30) where the config needs (10, 20))."
     )
+
+
+# == every value bounded before work starts ===============================================
+
+NAN, INF, HUGE = "nan", "inf", str(10**30)
+
+
+def beat_checkpoint(path: Path) -> Path:
+    """A tiny model trained (as far as its checkpoint says) on 4 frames per beat."""
+    config = ModelConfig(n_hidden=4, n_recurrent=3)
+    data = {"dataset": "toy", "grid": "beats", "dt": None, "beat_division": 4}
+    save_checkpoint(path, {"model_config": asdict(config), "model_state": RNNRBM(config).state_dict(), "data": data})
+    return path
+
+
+# Every numeric option of every command (fetch and datasets have none), each with the hostile
+# values that apply: below its range, nan and inf for floats, 10**30.
+NUMERIC_OPTIONS = {
+    "prepare": {"--dt": ["0", "-1", NAN, INF], "--beat-division": ["0", "-1", HUGE], "--seed": ["-1", HUGE],
+                "--max-frames": ["0", "-1"], "--max-member-mb": ["0", NAN, INF], "--workers": ["0", "-1"]},
+    "sample": {"--steps": ["0", HUGE], "--seconds": ["0", NAN, INF, "1e300"], "--temperature": ["0", NAN, INF, "1e30"],
+               "--k": ["0", HUGE], "--num": ["0", HUGE], "--seed": ["-1", HUGE], "--primer-steps": ["0", HUGE],
+               "--index": ["-1"], "--dt": ["0", NAN, INF, "1e-7", "1000"], "--tempo": ["0", NAN, INF],
+               "--program": ["-1", "128"], "--velocity": ["0", "128"]},
+    "plot": {"--index": ["-1"], "--dt": ["0", NAN, INF], "--width": ["0", HUGE], "--height": ["0", HUGE],
+             "--dpi": ["0", HUGE]},
+    "evaluate": {"--chains": ["0", HUGE], "--betas": ["0", HUGE], "--samples": ["0", HUGE], "--gibbs": ["0", HUGE],
+                 "--max-frames": ["0"], "--seed": ["-1", HUGE]},
+    "train": {"--dt": ["0", NAN, INF], "--epochs": ["-1", HUGE], "--seed": ["-1", HUGE], "--n-hidden": ["0", HUGE, "2000000000"],
+              "--n-recurrent": ["0", HUGE], "--k": ["0", HUGE], "--lr": ["0", NAN, INF], "--lr-rbm": ["0", NAN, INF],
+              "--lr-rnn": ["0", NAN, INF], "--lr-decay": ["0", NAN, "2"], "--lr-patience": ["-1", HUGE],
+              "--clip-grad": ["-1", NAN, INF], "--ema": ["1", NAN, "-1"], "--patience": ["-1", HUGE],
+              "--pretrain-rbm-epochs": ["-1", HUGE], "--pretrain-rbm-lr": ["0", NAN, INF],
+              "--pretrain-rnn-epochs": ["-1", HUGE], "--pretrain-rnn-lr": ["0", NAN, INF], "--momentum": ["1", NAN, "-1"],
+              "--chunk": ["0", HUGE], "--batch": ["0", HUGE], "--eval-every": ["-1", HUGE], "--eval-frames": ["0", HUGE],
+              "--eval-chains": ["0", HUGE], "--eval-betas": ["0", HUGE]},
+    "tune": {"--trials": ["0", HUGE], "--timeout": ["0", NAN, INF], "--epochs": ["0", HUGE], "--eval-every": ["0", HUGE],
+             "--seed": ["-1", HUGE], "--heartbeat": ["0", HUGE]},
+}
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [(c, o, v) for c, options in NUMERIC_OPTIONS.items() for o, values in options.items() for v in values],
+)
+def test_every_numeric_option_refuses_a_hostile_value_in_one_sentence(tmp_path, toy_npz, monkeypatch, command, option, value):
+    from rnnrbm_cli import api, datasets, evaluate, tune
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    for module, name in ((datasets, "prepare"), (api, "data_for_settings"), (evaluate, "evaluate_split"), (tune, "run_study")):
+        monkeypatch.setattr(module, name, no_work)
+    monkeypatch.chdir(tmp_path)
+    ckpt = beat_checkpoint(tmp_path / "b.pt") if option == "--tempo" else tiny_checkpoint(tmp_path / "c.pt")
+    args = {
+        "prepare": ["prepare", tmp_path],
+        "sample": ["sample", ckpt, tmp_path / "x.mid", "--k", "1", "--backend", "torch"],
+        "plot": ["plot", tmp_path / "x.mid"],
+        "evaluate": ["evaluate", ckpt, "--data", toy_npz],
+        "train": ["train", "--data", toy_npz, "--run-dir", tmp_path / "run"],
+        "tune": ["tune", "--data", toy_npz],
+    }[command]
+    if option == "--primer-steps":
+        args += ["--primer", toy_npz]
+    message = one_sentence_error(run(*args, option, value), code=2)
+    # named by the option, or (sizes) by what it would make
+    assert option.lstrip("-") in message.replace("_", "-") or " cells" in message, message
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"toy.npz", ckpt.name}), "something was written"
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--dt", "1e-7"], "--dt 1e-07 makes frames of 1e-07 s, but a MIDI file holds frames of 1e-06 to 16.777215 s"),
+    (["--dt", "1000"], "--dt 1000 makes frames of 1000 s, but a MIDI file holds frames of 1e-06 to 16.777215 s"),
+])
+def test_a_frame_length_midi_cannot_hold_is_refused(tmp_path, args, said):
+    message = one_sentence_error(run("sample", tiny_checkpoint(tmp_path / "c.pt"), tmp_path / "x.mid", *args), code=2)
+    assert said in message and "give --dt in that range" in message
+    message = one_sentence_error(run("sample", beat_checkpoint(tmp_path / "b.pt"), tmp_path / "x.mid", "--tempo", "0.001"), code=2)
+    assert message.startswith("Error: --tempo 0.001 at 4 frames per beat makes frames of 15000 s") and "give --tempo in 0.894" in message
+    assert not (tmp_path / "x.mid").exists()
+    # the ends of the range are written and read back
+    for dt in ("1e-6", "16.777215"):
+        r = run("sample", tiny_checkpoint(tmp_path / "c.pt"), tmp_path / f"e{dt}.mid", "--dt", dt, "--steps", 2, "--k", 1, "--backend", "torch")
+        assert r.exit_code == 0, r.stderr
+        assert mido.MidiFile(tmp_path / f"e{dt}.mid").tracks[0][0].tempo == round(float(dt) * 1e6)
+
+
+@pytest.mark.parametrize(("toml", "said"), [
+    ("n_hidden = 2000000000", "n_hidden = 2000000000 and n_recurrent = 100 give the rnn-rbm model 378,000,027,788 parameters"),
+    ("eval_frames = 0", "eval_frames = 0 is out of range (1..10,000,000)"),
+    ("lr = inf", "lr = inf is not a finite number"),
+    ("clip_grad = nan", "clip_grad = nan is not a finite number"),
+    ("seed = -1", "seed = -1 is out of range"),
+    ("[optim]\nbatch = 10000\nchunk = 1000", "880,000,000 cells per update"),
+])
+def test_a_settings_file_is_bounded_before_any_work(tmp_path, toy_npz, monkeypatch, toml, said):
+    from rnnrbm_cli import api
+
+    monkeypatch.setattr(api, "data_for_settings", lambda *a, **k: pytest.fail("work started"))
+    (tmp_path / "c.toml").write_text(toml + "\n")
+    message = one_sentence_error(run("train", "--data", toy_npz, "--config", tmp_path / "c.toml"), code=2)
+    assert said in message, message
+    # a run's config.json (by section) is checked the same way
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"n_hidden": 2_000_000_000}, "eval": {"eval_frames": 0}}))
+    message = one_sentence_error(run("train", "--data", toy_npz, "--config", tmp_path / "config.json"), code=2)
+    assert "378,000,027,788 parameters" in message or "eval_frames = 0 is out of range" in message, message
+
+
+def test_a_search_space_end_beyond_the_bounds_fails_before_any_trial(tmp_path, toy_npz):
+    from rnnrbm_cli.errors import RnnrbmUsageError
+    from rnnrbm_cli.tune import base_settings
+    from rnnrbm_cli.tune_space import read_space
+
+    (tmp_path / "space.toml").write_text('[rnn-rbm]\nn_hidden = {low = 50, high = 2000000000}\n')
+    space = read_space(tmp_path / "space.toml", "rnn-rbm")
+    with pytest.raises(RnnrbmUsageError, match=r"allows n_hidden = 2000000000, which is not a valid setting .*378,000,027,788 parameters"):
+        base_settings(None, {"data": str(toy_npz)}, space)
+
+
+# == what you asked for, or a clear no ===================================================
+
+
+def test_resume_refuses_a_hand_edited_config_json_naming_the_keys(toy_npz, tmp_path):
+    run_dir = tmp_path / "run"
+    assert run("train", "--data", toy_npz, "--epochs", "1", "--run-dir", run_dir, *TINY).exit_code == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    before_ckpt = (run_dir / "checkpoint.pt").read_bytes()
+    edited = json.loads(json.dumps(config))
+    edited["optim"]["lr"] = 0.5
+    edited["model"]["n_hidden"] = 9
+    (run_dir / "config.json").write_text(json.dumps(edited))
+    message = one_sentence_error(run("train", "--resume", run_dir, "--epochs", "2"), code=2)
+    assert "differs from the run's checkpoint in n_hidden (9 there, 8 in checkpoint.pt), lr (0.5 there," in message, message
+    assert (run_dir / "checkpoint.pt").read_bytes() == before_ckpt
+    # undone, it resumes; the new --epochs is written to config.json, which keeps describing the run
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert run("train", "--resume", run_dir, "--epochs", "2").exit_code == 0
+    assert json.loads((run_dir / "config.json").read_text())["optim"]["epochs"] == 2
+    assert run("train", "--resume", run_dir).exit_code == 0  # and agrees with the checkpoint after
+
+
+def test_an_empty_validation_split_is_said_at_prepare_and_at_train(tmp_path, cache):
+    songs = songs_folder(tmp_path, [60, 62, 64, 65, 67])  # 4 train, 0 valid, 1 test
+    r = run("prepare", songs, "--json")
+    assert r.exit_code == 0, r.stderr
+    warning = [line for line in r.stderr.splitlines() if "valid split is empty" in line]
+    assert len(warning) == 1 and "train/valid/test: 4/0/1 sequences" in warning[0] and warning[0].startswith("Warning:")
+    path = json.loads(r.stdout)["path"]
+    r = run("train", "--data", path, "--epochs", "2", "--run-dir", tmp_path / "run", *TINY)
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count("has no validation sequences, so no model is selected") == 1, r.stderr
+
+
+def test_evaluate_refuses_data_on_another_grid_as_sample_does(tmp_path, toy_npz):
+    ckpt = tiny_checkpoint(tmp_path / "c.pt")  # 0.3 s per frame; toy.npz is 0.25 s
+    message = one_sentence_error(run("evaluate", ckpt, "--data", toy_npz), code=2)
+    assert message == (f"Error: {toy_npz} is on a grid of 0.25 s per frame but the model was trained on one of 0.3 s per "
+                       "frame; evaluate on data prepared like the training data (the same --dt or --beat-division).")
+    message = one_sentence_error(run("sample", ckpt, tmp_path / "x.mid", "--primer", toy_npz), code=2)
+    assert "is on a grid of 0.25 s per frame but the model was trained on one of 0.3 s per frame" in message
+
+
+# == interrupts and races =================================================================
+
+
+@pytest.mark.parametrize("command", ["prepare", "evaluate", "sample", "fetch"])
+def test_ctrl_c_exits_130_with_one_line(tmp_path, toy_npz, monkeypatch, command):
+    from rnnrbm_cli import api, datasets, registry, sample
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    target = {"prepare": (datasets, "prepare"), "evaluate": (api, "evaluate_model"),
+              "sample": (sample, "generate_rolls"), "fetch": (registry, "fetch")}[command]
+    monkeypatch.setattr(*target, interrupted)
+    args = {"prepare": ["prepare", toy_npz], "evaluate": ["evaluate", tiny_checkpoint(tmp_path / "c.pt")],
+            "sample": ["sample", tiny_checkpoint(tmp_path / "c.pt"), tmp_path / "x.mid"],
+            "fetch": ["fetch", "nottingham", "--cache-dir", tmp_path / "cache"]}[command]
+    r = run(*args)
+    assert r.exit_code == 130, (r.stderr, r.exception)
+    assert r.stderr.strip().splitlines()[-1] == "Interrupted; nothing was left half written."
+    assert "Traceback" not in r.stderr and "Aborted" not in r.stderr
+    assert not (tmp_path / "x.mid").exists() and no_part_files(tmp_path)
+
+
+def test_two_samples_racing_for_one_name_cannot_both_win(tmp_path, monkeypatch):
+    import threading
+
+    from rnnrbm_cli import pianoroll
+    from rnnrbm_cli.sample import sample
+
+    ckpt = tiny_checkpoint(tmp_path / "c.pt")
+    out = tmp_path / "x.mid"
+    both_checked = threading.Barrier(2)
+    real_write = pianoroll.write_midi
+
+    def write_after_both_checked(*args, **kwargs):  # each has found x.mid free before either writes
+        both_checked.wait(timeout=60)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(pianoroll, "write_midi", write_after_both_checked)
+    results: dict[int, object] = {}
+
+    def one(seed: int) -> None:
+        try:
+            results[seed] = sample(ckpt, out, steps=8, k=1, seed=seed, backend="torch")
+        except Exception as e:  # noqa: BLE001
+            results[seed] = e
+
+    threads = [threading.Thread(target=one, args=(seed,)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    failed = [r for r in results.values() if isinstance(r, Exception)]
+    won = [r for r in results.values() if not isinstance(r, Exception)]
+    assert len(failed) == 1 and len(won) == 1, results
+    assert isinstance(failed[0], RnnrbmError) and str(failed[0]) == (
+        f"{out} was written by another process while this one sampled; nothing was written (pass --force to replace it).")
+    assert np.array_equal(midi_to_roll(out, dt=0.3)[0], won[0].rolls[0])  # the winner's file, whole
+    assert no_part_files(tmp_path)
