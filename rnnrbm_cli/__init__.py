@@ -11,7 +11,7 @@ functions of :mod:`rnnrbm_cli.api` are importable from here (loaded on first use
 __version__ = "0.1.0"
 
 _API = ("prepare", "load_data", "load_model", "train_model", "sample_model", "generate", "evaluate_model", "Settings",
-        "resolve_settings")
+        "resolve_settings", "start_training", "resume_training", "tune_model")
 __all__ = ["__version__", *_API]
 
 

@@ -27,7 +27,7 @@ class ChunkedData:
         # row by row (a layout of its own would also make numba compile a second version).
         self.frames = torch.from_numpy(np.ascontiguousarray(rolls)).to(device)
         self.pad_row = rolls.shape[0] - 1
-        self.binary = bool(((rolls == 0) | (rolls == 1)).all())  # engines.py: what the compiled kernels need
+        self.binary = bool(((rolls == 0) | (rolls == 1)).all())  # the engines: what the compiled kernels need
         starts, lengths, seq_of_chunk = [], [], []
         offset = 0
         for i, s in enumerate(sequences):

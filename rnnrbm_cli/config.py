@@ -171,7 +171,7 @@ class RunConfig:
     # auto, cpu or cuda.
     device: str = "auto"
     # Who computes gradients and samples: "torch", "numba" (the compiled CPU kernels) or
-    # "auto" (engines.py decides). The two draw different random numbers, so a seed
+    # "auto" (the engines decide). The two draw different random numbers, so a seed
     # reproduces a run only with the same backend.
     backend: str = "auto"
 

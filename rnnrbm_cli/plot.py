@@ -30,6 +30,7 @@ from matplotlib.ticker import FuncFormatter, MultipleLocator
 
 from rnnrbm_cli._io import atomic_path
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
+from rnnrbm_cli.models import DEFAULT_MODEL_TYPE
 from rnnrbm_cli.pianoroll import Grid, check_dt
 from rnnrbm_cli.rundir import Metrics, read_metrics  # noqa: F401  (read_metrics: re-exported)
 
@@ -179,7 +180,11 @@ def curves_figure(
     if metrics.has("valid_ll"):
         ll, err = metrics.column("valid_ll"), metrics.column("valid_ll_stderr")
         ok = np.isfinite(ll)
-        ax.errorbar(epochs[ok], ll[ok], yerr=np.nan_to_num(err[ok]), label="valid log-likelihood (AIS)",
+        # how it was found, as the run recorded it (runs before the field: AIS)
+        methods = [r.get("valid_ll_method") for r in metrics.epochs if r.get("valid_ll_method")]
+        method = methods[-1] if methods else "ais"
+        how = {"exact": "exact", "ais": "AIS", "raise": "RAISE"}.get(method, method)
+        ax.errorbar(epochs[ok], ll[ok], yerr=np.nan_to_num(err[ok]), label=f"valid log-likelihood ({how})",
                     color="tab:green", marker="s", markersize=4, linestyle="-", capsize=2)
     ax.set_ylabel("nats per frame")
     ax.grid(alpha=0.3)
@@ -362,7 +367,8 @@ def _run_title(run_dir: Path, metrics: Metrics) -> str:
         if data.get("dataset"):
             parts.append(str(data["dataset"]))
         if model:
-            parts.append(f"n_hidden={model.get('n_hidden')}, n_recurrent={model.get('n_recurrent')}")
+            parts.append(f"{model.get('model_type', DEFAULT_MODEL_TYPE)} n_hidden={model.get('n_hidden')}, "
+                         f"n_recurrent={model.get('n_recurrent')}")
     except (OSError, ValueError, AttributeError):
         pass  # a title without them is still a title
     last = metrics.epochs[-1]["epoch"] if metrics.epochs else 0

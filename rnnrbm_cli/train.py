@@ -162,6 +162,7 @@ class Trainer:
         rank = world.rank if world is not None else 0
         self.gibbs_gen = torch.Generator(device=device).manual_seed(seed + 1 + 1_000_003 * rank)
         self.plan = StagePlan.of(o)
+        self._check_stages()
         self.epoch = 0  # completed epochs, all stages
         self.progress: dict[str, Any] | None = None  # mid-epoch position
         self.selection = ModelSelection(by_ll=bool(settings.eval.eval_every and self.valid_sequences),
@@ -173,6 +174,16 @@ class Trainer:
         self.stage: Stage = self._stage(self.plan.stage_of(self.epoch))
 
     # -- stages ---------------------------------------------------------------------------
+
+    def _check_stages(self) -> None:
+        """Pretraining a model has no such stage for is a usage error, before anything is written."""
+        from rnnrbm_cli.models import record
+
+        rec = record(self.settings.model.model_type)
+        flags = {"rbm": "--pretrain-rbm-epochs", "rnn": "--pretrain-rnn-epochs"}
+        for name, epochs in self.plan.stages:
+            if name in flags and epochs and name not in rec.pretraining:
+                raise RnnrbmUsageError(f"the {rec.name} model has no {STAGE_NAMES[name]} stage; drop {flags[name]}.")
 
     @property
     def total_epochs(self) -> int:
@@ -505,7 +516,8 @@ class Trainer:
                 backend=self.settings.run.backend,
             )
         self.model.train()
-        return {"valid_ll": res.mean, "valid_ll_stderr": res.stderr, "valid_ll_seconds": time.perf_counter() - t0}
+        return {"valid_ll": res.mean, "valid_ll_stderr": res.stderr, "valid_ll_method": res.method,
+                "valid_ll_seconds": time.perf_counter() - t0}
 
 
 def new_trainer(settings: Settings, device, data, data_path, command="", callbacks=None, stop=None,

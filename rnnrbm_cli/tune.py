@@ -61,8 +61,9 @@ PRUNERS = ("median", "halving", "none")
 
 def objective_key(model_type: str) -> str:
     """The metric a model's trials are judged by, log-likelihood per frame in nats either way:
-    the exact validation monitor of a model with an exact likelihood, else the loop's
-    annealed (or enumerated) estimate on a fixed validation subset."""
+    for a model with an exact likelihood its validation monitor (exact, on the validation
+    split cut into training chunks: each chunk's RNN starts afresh), else the loop's annealed
+    (or enumerated) estimate on a fixed validation subset."""
     return "valid_monitor" if models.record(model_type).exact else "valid_ll"
 
 

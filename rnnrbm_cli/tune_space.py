@@ -90,7 +90,7 @@ def default_space_text() -> str:
     for name in models.model_types():
         rec = models.record(name)
         if rec.search_space:
-            lines += ["", f"[{name}]", *(f"{k} = {toml_value(v)}" for k, v in rec.search_space.items())]
+            lines += ["", f"# {rec.summary}", f"[{name}]", *(f"{k} = {toml_value(v)}" for k, v in rec.search_space.items())]
     return "\n".join(lines) + "\n"
 
 

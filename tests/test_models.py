@@ -101,7 +101,7 @@ def _toy_log_likelihoods(model, v, bv, bh, progress=None):
 
 TOY = ModelRecord(
     name="toy-history-free", summary="a test's model", model_class=HistoryFree, config_class=ModelConfig,
-    likelihood=EXACT, uses_gibbs=False, frame_parameters=("bv",), paper_preset={},
+    likelihood=EXACT, uses_gibbs=False, frame_parameters=("bv",), paper_preset={}, pretraining=("rbm",),
     exact_log_likelihoods=_toy_log_likelihoods,
     exact_marginals=lambda model, bv, bh, samples, generator=None, progress=None: torch.sigmoid(bv),
 )
@@ -201,11 +201,20 @@ def test_rnn_samples_follow_its_exact_probabilities():
     torch.testing.assert_close(freq, exact, atol=0.01, rtol=0)
 
 
-def test_rnn_marginals_are_its_exact_note_probabilities():
-    m = tiny_rnn()
-    bv = torch.randn(5, 3, dtype=torch.float64)
-    got = models.record("rnn").exact_marginals(m, bv, bv.new_zeros(5, 0), 20)
-    torch.testing.assert_close(got, torch.sigmoid(bv))
+def test_rnn_accuracy_marginals_are_each_notes_probability_given_the_true_past():
+    from rnnrbm_cli.evaluate import conditional_frames, frame_marginals
+
+    m = tiny_rnn().float().requires_grad_(False)
+    seqs = [(np.random.default_rng(s).random((n, 3)) < 0.4).astype(np.float32) for s, n in ((0, 5), (1, 3))]
+    frames = conditional_frames(m, seqs)
+    got = frame_marginals(m, frames, samples=4)
+    expected = []
+    for seq in seqs:  # a plain loop: the recurrence one true frame at a time, the notes' sigmoids
+        state = m.initial_state(1)
+        for t in range(len(seq)):
+            expected.append(torch.sigmoid(m.bv + state[0][0] @ m.Wuv))
+            state = m.step(torch.from_numpy(seq[t : t + 1]), state)
+    torch.testing.assert_close(got, torch.stack(expected), rtol=1e-5, atol=1e-6)
 
 
 def test_rnn_through_train_evaluate_and_sample(toy_npz, tmp_path):
@@ -219,3 +228,13 @@ def test_rnn_through_train_evaluate_and_sample(toy_npz, tmp_path):
     assert -60 < result["log_likelihood"] < 0
     r = run("sample", tmp_path / "run" / "best.pt", tmp_path / "a.mid", "--steps", "20", "--seed", "3")
     assert r.exit_code == 0, r.stderr
+
+
+def test_a_pretraining_stage_a_model_lacks_is_one_sentence_before_anything_is_written(toy_model, toy_npz, tmp_path):
+    from conftest import one_sentence_error
+
+    for model, flag in ((toy_model.name, "--pretrain-rnn-epochs"), ("rnn", "--pretrain-rbm-epochs")):
+        r = run("train", "--model", model, "--data", toy_npz, flag, "1", "--epochs", "1",
+                "--run-dir", tmp_path / model)
+        assert flag in one_sentence_error(r, 2)
+        assert not (tmp_path / model).exists()

@@ -203,3 +203,26 @@ def test_show_without_a_display_writes_the_file_and_says_so(tmp_path: Path, monk
     assert r.exit_code == 0
     assert png_size(tmp_path / "song.png") == (1200, 500)
     assert "no display" in " ".join(r.stderr.split())
+
+
+def test_the_curves_name_how_the_validation_ll_was_found(tmp_path):
+    """An exact model's validation LL is labelled exact, an annealed one's by its method;
+    runs written before the method was recorded read as AIS."""
+    import json
+
+    from rnnrbm_cli.plot import curves_figure, read_metrics
+
+    for method, label in (("exact", "exact"), ("raise", "RAISE"), (None, "AIS")):
+        run_dir = tmp_path / str(method)
+        run_dir.mkdir()
+        lines = []
+        for epoch in (1, 2):
+            m = {"epoch": epoch, "stage": "fine", "train_monitor": -10.0, "valid_monitor": -9.0, "seconds": 1.0,
+                 "valid_ll": -8.0 - epoch, "valid_ll_stderr": 0.1}
+            if method:
+                m["valid_ll_method"] = method
+            lines.append(json.dumps(m))
+        (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        fig = curves_figure(read_metrics(run_dir))
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert f"valid log-likelihood ({label})" in labels, labels

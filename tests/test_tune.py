@@ -87,6 +87,20 @@ def test_show_space_prints_every_models_search_space_from_its_record():
     assert list(doc) == ["rnn-rbm", "rnn-nade", "rnn"]
     for name, table in doc.items():
         assert table == models.record(name).search_space
+    # the two older models' spaces as the packaged tune_space.toml held them before the records
+    assert doc["rnn-rbm"] == {
+        "optimizer": {"choices": ["sgd", "adam"]}, "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+        "momentum": {"low": 0.0, "high": 0.95}, "lr_schedule": {"choices": ["constant", "plateau"]},
+        "batch": {"choices": [1, 4, 16]}, "k": {"low": 1, "high": 25}, "n_hidden": {"low": 50, "high": 300, "step": 25},
+        "n_recurrent": {"low": 50, "high": 200, "step": 25}, "learn_u0": True,
+        "pretrain_rbm_epochs": {"choices": [0, 10, 20]}, "pretrain_rnn_epochs": {"choices": [0, 20, 40]},
+    }
+    assert doc["rnn-nade"] == {
+        "optimizer": "adam", "lr": {"low": 2e-4, "high": 5e-3, "log": True},
+        "lr_schedule": {"choices": ["constant", "plateau"]}, "batch": {"choices": [1, 2, 4]},
+        "n_hidden": {"low": 50, "high": 300, "step": 25}, "n_recurrent": {"low": 50, "high": 200, "step": 25},
+        "rnn": {"choices": ["tanh", "gru", "lstm"]}, "learn_u0": True,
+    }
 
 
 def test_a_space_file_reads_as_written(tmp_path):

@@ -5,7 +5,7 @@ the compiled CPU kernels (numba, the same mathematics, several times faster on a
 Three questions go through here, and nothing else in the package asks them:
 
 - ``objective_for(model, data, k=..., backend=..., generator=...)``: a training step's
-  gradients and statistics (``gradients(chunk_ids) -> StepStats``, which leaves the
+  gradients and statistics (``gradients(chunk_ids) -> CostResult``, which leaves the
   gradient in each parameter's ``.grad``) and the validation monitor (``monitor``);
 - ``sampler_for(model, backend)``: generation (``generate``) and, for a model whose
   likelihood is annealed (an RBM per frame), the Gibbs chains and annealing that evaluation

@@ -11,7 +11,7 @@ The same mathematics as :meth:`RNNRBM.cd_cost` followed by ``backward()``, and a
   synchronisation between steps;
 - the CD gradient is written in closed form (see :func:`_cd_gradients`), then
   back-propagated through time into the RNN, so no autograd graph is built; the products
-  with every frame's RNN state are matrix products, which engines.py hands to torch;
+  with every frame's RNN state are matrix products, which numba_rbm.py hands to torch;
 - random numbers come from a counter-based generator (SplitMix64: a 64-bit counter
   through a bijective mixer), one stream per frame (training), per row (Gibbs chains) or
   per sequence (generation), keyed by a 64-bit seed that each call draws from the
@@ -686,7 +686,7 @@ def _sparse_gradients(u_prev, dbias, dense, ph_data, ph_neg, v_data, v_neg, du0,
     Per frame g (see _chains and _bptt_chunk): u_prev[g] = u(t-1), dbias[g] =
     [dcost/dbv(t) | dcost/dbh(t)] (dbv(t) nonzero where v~ and v differ), dense[g] =
     [dcost/dbh(t) | da(t)], v_data[g] and v_neg[g] the keys on in v and v~. Block b of the
-    parallel loop takes every blocks-th key. (dWuh, dWuu = sum_t u(t-1)^T dense(t): engines.py.)
+    parallel loop takes every blocks-th key. (dWuh, dWuu = sum_t u(t-1)^T dense(t): numba_rbm.py.)
     """
     n = u_prev.shape[0]
     n_v, n_h = gW.shape
@@ -957,7 +957,7 @@ def _generate(W, T, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u_start, k, seed, out):
             u, u_next = u_next, u
 
 
-# -- the names engines.py calls -------------------------------------------------------------
+# -- the names numba_rbm.py calls ----------------------------------------------------------
 #
 # The kernels take numpy arrays only; the parameters come in the order of
 # RNNRBM.PARAMETERS (W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u0), then their gradients.

@@ -33,7 +33,7 @@ _TRAIN_BLOCK = 32
 
 
 class RNNNADE(Recurrent):
-    """The RNN-NADE: W, V, bv, bh, Wuh, Wuv and the recurrence (see recurrence.py)."""
+    """The RNN-NADE: W, V, bv, bh, Wuh, Wuv and the recurrence (see base.py)."""
 
     def __init__(self, config: ModelConfig = ModelConfig(model_type="rnn-nade"), generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -105,10 +105,6 @@ class RNNNADE(Recurrent):
     def training_cost(self, v, lengths, k, generator) -> CostResult:
         """Exact maximum likelihood (:meth:`nll_cost`; no Gibbs steps, so ``k`` is unused)."""
         return self.nll_cost(v, lengths)
-
-    def frames_per_batch(self) -> int:
-        """Frames whose (n_visible, n_hidden) working tensors fit the memory budget at once."""
-        return frames_per_batch(self)
 
     # -- generation ---------------------------------------------------------------------
 

@@ -179,7 +179,7 @@ class RNNRBM(Recurrent):
     """
 
     # The one documented list of the parameters in the order compiled code takes them
-    # (engines.py hands them over as arrays, for the tanh recurrence; nothing else reads them by name):
+    # (engines/numba_rbm.py hands them over as arrays, for the tanh recurrence; nothing else reads them by name):
     # W (n_visible, n_hidden), bv (n_visible,), bh (n_hidden,), Wuh (n_recurrent, n_hidden),
     # Wuv (n_recurrent, n_visible), Wvu (n_visible, n_recurrent), Wuu (n_recurrent,
     # n_recurrent), bu (n_recurrent,), u0 (n_recurrent,) (a fixed zero buffer unless learned).
@@ -199,8 +199,6 @@ class RNNRBM(Recurrent):
     def parameter_list(self) -> list[Tensor]:
         """The tensors named by ``PARAMETERS``, in that order (u0 may be a buffer)."""
         return [getattr(self, name) for name in self.PARAMETERS]
-
-    # -- the deterministic RNN ----------------------------------------------------------
 
     # -- training -----------------------------------------------------------------------
 

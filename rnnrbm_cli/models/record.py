@@ -29,7 +29,7 @@ ANNEALED = "annealed"  # an RBM per frame: log Z by enumeration or annealing, Gi
 class ModelRecord:
     # The model type: the --model choice, the checkpoint's model_type, the [table] of a search space.
     name: str
-    # One line for --help and `rnnrbm tune --show-space`.
+    # One line saying what it is (`rnnrbm tune --show-space` prints it above the model's table).
     summary: str
     # The torch module; built as model_class(config, generator=...).
     model_class: type
@@ -56,6 +56,10 @@ class ModelRecord:
     # The compiled CPU kernels that can compute this model, by the name the engines know them
     # ("rbm"), or None: torch only.
     kernels: str | None = None
+    # The pretraining stages that mean something for it (stages.STAGE_NAMES: "rbm", the frame
+    # model alone on shuffled frames; "rnn", the RNN alone predicting each frame); asking for
+    # another is a usage error.
+    pretraining: tuple[str, ...] = ("rbm", "rnn")
     # The parameters divided by T to sample at temperature T (``models.base.tempered``): those
     # that make each frame's energies (an RBM) or note logits (a NADE, the RNN).
     temperature_parameters: tuple[str, ...] = ()

@@ -88,6 +88,7 @@ RECORD = ModelRecord(
     uses_gibbs=False,
     frame_parameters=("bv",),
     temperature_parameters=("bv", "Wuv"),  # the logits bv(t) = bv + u Wuv over T
+    pretraining=(),  # its own objective is the RNN pretraining's; there is no frame model to pretrain
     exact_log_likelihoods=exact_log_likelihoods,
     exact_marginals=exact_marginals,
     # Exact maximum likelihood with Adam, as the RNN-NADE's recipe; the exact validation LL
