@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rnnrbm_cli.choices import LL_METHODS
-from rnnrbm_cli.engines import AnnealingSampler, TorchSampler, sampler_for
+from rnnrbm_cli.engines import AnnealingSampler, TorchSampler, exact_for, sampler_for
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.models import record_of
 from rnnrbm_cli.models.rbm import EXACT_LIMIT, free_energy, log_partition_exact
@@ -326,7 +326,8 @@ def frame_log_likelihoods(
     rec = record_of(model)
     if rec.exact:  # a model with a tractable likelihood
         stage = _stage(progress, "exact log-likelihood", len(frames))
-        return rec.exact_log_likelihoods(model, frames.v, frames.bv, frames.bh, stage), None, "exact"
+        exact = exact_for(model, sampler.backend if sampler is not None else "torch")
+        return exact.log_likelihoods(frames.v, frames.bv, frames.bh, stage), None, "exact"
     if method == "auto":
         method = "exact" if model.config.n_hidden <= EXACT_MAX_HIDDEN else "ais"
     W = model.W
@@ -482,7 +483,8 @@ def frame_marginals(
     stage = _stage(progress, "note probabilities", len(frames))
     rec = record_of(model)
     if rec.exact:
-        return rec.exact_marginals(model, frames.bv, frames.bh, samples, generator, stage)
+        return exact_for(model, sampler.backend if sampler is not None else "torch").marginals(
+            frames.bv, frames.bh, samples, generator, stage)
     return note_marginals(model.W, frames.bv, frames.bh, samples=samples, gibbs=gibbs, start=frames.prev,
                           generator=generator, progress=stage, sampler=sampler)
 
