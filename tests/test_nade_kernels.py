@@ -98,20 +98,27 @@ def test_a_frame_with_no_note_on_gives_w_no_gradient_and_all_on_gives_every_row_
     assert (grads["W"][:-1].abs().sum(1) > 0).all() and torch.equal(grads["W"][-1], torch.zeros(5))
 
 
-@pytest.mark.parametrize("rnn", RNNS)
-def test_a_training_step_equals_the_torch_path_for_every_recurrence(rnn):
-    # Two chunks of different lengths: the padding of the shorter must not count.
+@pytest.mark.parametrize("rnn, learn_u0, lengths", [*((rnn, True, (9, 5)) for rnn in RNNS), ("tanh", False, (9, 5)),
+                                                    ("tanh", True, (14,)), ("tanh", False, (3, 1, 10))])
+def test_a_training_step_equals_the_torch_path_for_every_recurrence(rnn, learn_u0, lengths):
+    # Chunks of different lengths: the padding of the shorter must not count. tanh is the
+    # closed form (compiled RNN and BPTT), the others autograd through the kernels.
     m = nade(n_hidden=13, rnn=rnn, scale=0.3)
+    if not learn_u0:
+        m = RNNNADE(ModelConfig(n_visible=88, n_hidden=13, n_recurrent=6, rnn=rnn, model_type="rnn-nade"))
+        with torch.no_grad():
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
     rng = np.random.default_rng(0)
-    data = ChunkedData([(rng.random((n, 88)) < 0.06).astype(np.float32) for n in (9, 5)], 12, torch.device("cpu"))
-    ids = torch.arange(2)
+    data = ChunkedData([(rng.random((n, 88)) < 0.06).astype(np.float32) for n in lengths], 12, torch.device("cpu"))
+    ids = torch.arange(len(data.chunks))
     results = {}
     for name, objective in (("torch", TorchObjective(m, data, 0, None)), ("numba", numba_nade.NumbaNADE(m, data, 0, None))):
         m.zero_grad(set_to_none=True)
         res = objective.gradients(ids)
         results[name] = res, {k: p.grad.clone() for k, p in m.named_parameters()}
     (ref, ref_grads), (res, grads) = results["torch"], results["numba"]
-    assert res.n_frames == ref.n_frames == 14
+    assert res.n_frames == ref.n_frames == sum(lengths)
     assert float(res.cost) == pytest.approx(float(ref.cost), rel=1e-5)
     for name, grad in ref_grads.items():
         assert_close_scaled(grads[name], grad.double(), name, rtol=1e-3)
@@ -177,22 +184,31 @@ def test_results_do_not_depend_on_the_thread_count():
     v = frames(300, 88, 0.05, seed=1)  # ten blocks of gradient sums
     gen = torch.Generator().manual_seed(8)
     b, c = torch.randn(300, 88, generator=gen), torch.randn(300, 150, generator=gen)
-    old = numba.get_num_threads()
+    rng = np.random.default_rng(0)  # four chunks of 100: more than an update on the calling thread
+    data = ChunkedData([(rng.random((100, 88)) < 0.05).astype(np.float32) for _ in range(4)], 100, torch.device("cpu"))
+    objective = numba_nade.NumbaNADE(m, data, 0, None)
+    old = numba.get_num_threads(), torch.get_num_threads()
     runs = []
     try:
         for threads in (1, 2) if numba.config.NUMBA_NUM_THREADS >= 2 else (1,):
             numba.set_num_threads(threads)
+            torch.set_num_threads(threads)
             logp, grads = compiled(m, v, b, c, torch.linspace(-1, 1, 300))
             p = engines.exact_for(m, "numba").marginals(b, c, 3, torch.Generator().manual_seed(1))
-            runs.append((logp, grads, p))
+            cost = objective.gradients(torch.arange(4)).cost
+            step = {name: t.grad.clone() for name, t in m.named_parameters()}
+            runs.append((logp, grads, p, cost, step))
     finally:
-        numba.set_num_threads(old)
+        numba.set_num_threads(old[0])
+        torch.set_num_threads(old[1])
     if len(runs) < 2:
         pytest.skip("numba has a single thread here")
-    (logp1, grads1, p1), (logp2, grads2, p2) = runs
-    assert torch.equal(logp1, logp2) and torch.equal(p1, p2)
+    (logp1, grads1, p1, cost1, step1), (logp2, grads2, p2, cost2, step2) = runs
+    assert torch.equal(logp1, logp2) and torch.equal(p1, p2) and torch.equal(cost1, cost2)
     for name in grads1:
         assert torch.equal(grads1[name], grads2[name]), name
+    for name in step1:
+        assert torch.equal(step1[name], step2[name]), name
 
 
 def test_auto_picks_the_kernels_on_the_cpu_and_torch_when_switched_off(monkeypatch):

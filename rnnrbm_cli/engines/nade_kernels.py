@@ -42,7 +42,8 @@ import numpy as np
 from numba import njit, prange
 
 from rnnrbm_cli.engines.cpu_kernels import (
-    _ONE, _ZERO, _block_range, _exp, _inline, _n_uniforms, _parallel, _softplus, _stream_start, _uniforms,
+    _ONE, _ZERO, _block_range, _bptt_parallel, _bptt_serial, _cd_recurrence, _exp, _inline, _n_uniforms, _parallel,
+    _softplus, _stream_start, _uniforms,
 )
 
 # Frames whose dW and dV are summed together before the blocks are added in order: fixed,
@@ -217,3 +218,13 @@ def _sample(b, c, W, V, samples, seed, stream0, blocks, v_out, p_mean):
 log_probs = _log_probs
 gradients = _gradients
 sample = _sample
+# The tanh recurrence and its BPTT are the RNN-RBM's (cpu_kernels): u(t-1), u(t) of every
+# frame of a set of chunks, and the pre-activations' gradient from what u(t-1) sends back.
+recurrence = _cd_recurrence
+
+
+def bptt(WuuT, u_cur, du_bias, offsets, da, du0):
+    """da (n, n_recurrent) = dcost/d(bu + u(t-1) Wuu + v(t) Wvu) of every frame and du0 (B,
+    n_recurrent) of every chunk, from du_bias = dcost/du(t-1) through the frame's biases;
+    chunks in parallel when there are several."""
+    (_bptt_parallel if offsets.shape[0] > 2 else _bptt_serial)(WuuT, u_cur, du_bias, offsets, da, du0)

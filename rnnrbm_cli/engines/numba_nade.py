@@ -89,6 +89,17 @@ def frame_log_prob(model, v: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return FrameLogProb.apply(v, b, c, model.W, model.V)
 
 
+@contextlib.contextmanager
+def _torch_on_calling_thread():
+    """torch's thread count set to 1 inside, restored after."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def _real_frames(x: Tensor, lengths: Tensor | None) -> Tensor:
     """The frames of a padded batch (B, T, d) that are real, in order: (n, d)."""
     if lengths is None:
@@ -97,14 +108,22 @@ def _real_frames(x: Tensor, lengths: Tensor | None) -> Tensor:
 
 
 class NumbaNADE(TorchObjective):
-    """Exact maximum likelihood with the frames' NADE on the kernels and the RNN in torch:
-    the cost of a padded batch is minus the mean log p over its real frames (padding is
-    never computed), ``backward()`` runs through :class:`FrameLogProb`."""
+    """Exact maximum likelihood with the frames' NADE on the kernels: the cost of a padded
+    batch is minus the mean log p over its real frames (padding is never computed).
+
+    With the tanh recurrence (the tutorial's and the presets'), a training step is written in
+    closed form like ``numba_rbm.NumbaCD``'s: the RNN and its BPTT by ``cpu_kernels``, the
+    products with every frame's u(t-1) by torch, no autograd graph (torch's autograd of a
+    100-step RNN cost more than the NADE's kernels: benchmarks/README.md). Any other
+    recurrence stays torch's, with autograd through :class:`FrameLogProb`. The monitor is
+    the latter under no_grad, for every recurrence.
+    """
 
     backend = "numba"
 
     def __init__(self, model, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
         super().__init__(model, data, k, generator)
+        self.frames = data.frames.numpy()
 
     def cost(self, v: Tensor, lengths: Tensor | None, generator) -> CostResult:
         b, c = self.model.conditional_biases(v)
@@ -114,15 +133,65 @@ class NumbaNADE(TorchObjective):
         return CostResult(cost=-mean, monitor=mean.detach(), n_frames=n)
 
     def gradients(self, chunk_ids: Tensor) -> CostResult:
-        # A small update runs on the calling thread only (numba_rbm.SERIAL_FRAMES: waking a
-        # sleeping thread costs more than it gives); the results are the same either way.
+        # torch's part (the recurrence: ~100 steps of small products, each a parallel region
+        # whose sleeping thread costs ~0.1 ms to wake under OMP_WAIT_POLICY=PASSIVE) always
+        # runs on the calling thread; the kernels too for a small update
+        # (numba_rbm.SERIAL_FRAMES). The results are the same either way.
         small = int(self.data.chunks[chunk_ids, 1].sum()) <= SERIAL_FRAMES
-        with _calling_thread_only(_kernels().numba) if small else contextlib.nullcontext():
+        with _calling_thread_only(_kernels().numba) if small else _torch_on_calling_thread():
+            if self.model.rnn_kind == "tanh":
+                return self._tanh_gradients(*self.data.spans(chunk_ids))
             return super().gradients(chunk_ids)
+
+    def _tanh_gradients(self, starts: np.ndarray, lengths: np.ndarray) -> CostResult:
+        """The cost of chunks frames[starts[b] : starts[b] + lengths[b]] and its gradient in
+        each parameter's ``.grad`` (overwritten), for the tanh recurrence
+        u(t) = tanh(bu + u(t-1) Wuu + v(t) Wvu), without autograd."""
+        kernels, m = _kernels(), self.model
+        p = dict(m.named_parameters())
+        Wvu, Wuu, bu, u0 = (_np(x) for x in (m.Wvu, m.Wuu, m.bu, m.u0))
+        rows, offsets, u_prev, u_cur = kernels.recurrence(Wvu, Wuu, bu, u0, self.frames, starts, lengths)
+        n, n_v = len(rows), m.config.n_visible
+        v = self.frames[rows]
+        # [b(t) | c(t)] = [bv | bh] + u(t-1) [Wuv | Wuh] for every frame at once
+        W_cat = torch.cat([m.Wuv, m.Wuh], 1).detach()
+        u_prev_t = torch.from_numpy(u_prev)
+        bias = torch.addmm(torch.cat([m.bv, m.bh]).detach(), u_prev_t, W_cat).numpy()
+        b, c = np.ascontiguousarray(bias[:, :n_v]), np.ascontiguousarray(bias[:, n_v:])
+        W, V = _np(m.W), _np(m.V)
+        logp, logits = np.empty(n, np.float32), np.empty((n, n_v), np.float32)
+        kernels.log_probs(v, b, c, W, V, _blocks(n), logp, logits)
+        dbias = torch.empty(n, bias.shape[1])  # [db(t) | dc(t)] of cost = -mean log p
+        db, dc = np.empty_like(b), np.empty_like(c)
+        grads = {name: (t.grad if t.grad is not None and t.grad.shape == t.shape else torch.empty_like(t))
+                 for name, t in p.items()}
+        kernels.gradients(v, c, W, V, logits, np.full(n, -1.0 / n, np.float32), db, dc, grads["W"].numpy(),
+                          grads["V"].numpy())
+        dbias[:, :n_v], dbias[:, n_v:] = torch.from_numpy(db), torch.from_numpy(dc)
+        sums = u_prev_t.T @ dbias  # [dWuv | dWuh]
+        grads["Wuv"].copy_(sums[:, :n_v])
+        grads["Wuh"].copy_(sums[:, n_v:])
+        total = dbias.sum(0)
+        grads["bv"].copy_(total[:n_v])
+        grads["bh"].copy_(total[n_v:])
+        du_bias = (dbias @ W_cat.T).numpy()  # dcost/du(t-1) through b(t), c(t)
+        da = np.empty_like(u_prev)
+        du0 = np.empty((len(starts), u_prev.shape[1]), np.float32)
+        kernels.bptt(np.ascontiguousarray(Wuu.T), u_cur, du_bias, offsets, da, du0)
+        da_t = torch.from_numpy(da)
+        grads["Wvu"].copy_(torch.from_numpy(v).T @ da_t)
+        grads["Wuu"].copy_(u_prev_t.T @ da_t)
+        grads["bu"].copy_(da_t.sum(0))
+        if "u0" in grads:
+            grads["u0"].copy_(torch.from_numpy(du0).sum(0))
+        for name, t in p.items():
+            t.grad = grads[name]
+        mean = float(logp.astype(np.float64).sum()) / n
+        return CostResult(torch.tensor(-mean), torch.tensor(mean), n)
 
     def compile_message(self) -> str | None:
         kernels = _kernels()
-        return COMPILE_MESSAGE if _compiled_before(kernels.log_probs, kernels.gradients) is False else None
+        return COMPILE_MESSAGE if _compiled_before(kernels.log_probs, kernels.gradients, kernels.recurrence) is False else None
 
     def warm_up(self) -> None:
         """Compile (or load) the kernels on one chunk: only .grad is written."""
