@@ -164,7 +164,8 @@ def profile(model, objective, opt, data, batches) -> dict:
 def run_child(spec: dict) -> dict:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "NUMBA_NUM_THREADS": str(spec["threads"]),
            "OMP_NUM_THREADS": str(spec["threads"])}
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True, text=True,
+                         check=False)
     if out.returncode != 0:
         sys.stderr.write(out.stderr)
         raise SystemExit(f"child {spec} failed")

@@ -15,16 +15,15 @@ import numba
 import numpy as np
 import pytest
 import torch
+from conftest import make_trainer
 
 from rnnrbm_cli import engines
 from rnnrbm_cli.chunks import ChunkedData
 from rnnrbm_cli.engines import numba_nade
 from rnnrbm_cli.engines.torch_path import TorchObjective
-from rnnrbm_cli.evaluate import conditional_frames, evaluate
+from rnnrbm_cli.evaluate import evaluate
 from rnnrbm_cli.models.base import ModelConfig
 from rnnrbm_cli.models.nade import RNNNADE
-
-from conftest import make_trainer
 
 RNNS = ("tanh", "sigmoid", "lstm", "gru")
 

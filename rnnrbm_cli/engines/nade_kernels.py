@@ -37,13 +37,24 @@ editing ``cpu_kernels``' helpers, clear the ``__pycache__`` entries of this modu
 
 from __future__ import annotations
 
-import numba
+import numba  # noqa: F401  (numba_nade sets its thread count through this module)
 import numpy as np
 from numba import njit, prange
 
 from rnnrbm_cli.engines.cpu_kernels import (
-    _ONE, _ZERO, _block_range, _bptt_parallel, _bptt_serial, _cd_recurrence, _exp, _inline, _n_uniforms, _parallel,
-    _softplus, _stream_start, _uniforms,
+    _ONE,
+    _ZERO,
+    _block_range,
+    _bptt_parallel,
+    _bptt_serial,
+    _cd_recurrence,
+    _exp,
+    _inline,
+    _n_uniforms,
+    _parallel,
+    _softplus,
+    _stream_start,
+    _uniforms,
 )
 
 # Frames whose dW and dV are summed together before the blocks are added in order: fixed,

@@ -22,7 +22,13 @@ import torch
 from torch import Tensor
 
 from rnnrbm_cli.chunks import ChunkedData
-from rnnrbm_cli.engines.numba_rbm import COMPILE_MESSAGE, SERIAL_FRAMES, _calling_thread_only, _compiled_before, _seed
+from rnnrbm_cli.engines.numba_rbm import (
+    COMPILE_MESSAGE,
+    SERIAL_FRAMES,
+    _calling_thread_only,
+    _compiled_before,
+    _seed,
+)
 from rnnrbm_cli.engines.torch_path import TorchObjective
 from rnnrbm_cli.models.base import CostResult, length_mask
 
@@ -191,7 +197,8 @@ class NumbaNADE(TorchObjective):
 
     def compile_message(self) -> str | None:
         kernels = _kernels()
-        return COMPILE_MESSAGE if _compiled_before(kernels.log_probs, kernels.gradients, kernels.recurrence) is False else None
+        compiled = _compiled_before(kernels.log_probs, kernels.gradients, kernels.recurrence)
+        return COMPILE_MESSAGE if compiled is False else None
 
     def warm_up(self) -> None:
         """Compile (or load) the kernels on one chunk: only .grad is written."""
