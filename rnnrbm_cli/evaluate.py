@@ -319,7 +319,8 @@ def frame_log_likelihoods(
     n_hidden <= EXACT_MAX_HIDDEN, else "ais"). The annealing starts from ``base``, default
     :func:`annealing_base` with ``samples`` chains of ``gibbs`` steps. Returns the per-frame
     log-likelihoods (N,) in nats, the annealing's variance of each (None when exact), and
-    the method used.
+    the method used. For a model with an exact likelihood, ``sampler``'s backend computes it
+    (``engines.exact_for``; torch when None).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
@@ -479,7 +480,7 @@ def frame_marginals(
 ) -> Tensor:
     """Each frame's note probabilities given its true history (N, n_visible): Gibbs chains
     from the previous true frame for an RNN-RBM (:func:`note_marginals`), exact ancestral
-    samples for a model that has them."""
+    samples for a model that has them (on ``sampler``'s backend, ``engines.exact_for``)."""
     stage = _stage(progress, "note probabilities", len(frames))
     rec = record_of(model)
     if rec.exact:
@@ -527,7 +528,8 @@ def evaluate(
 ) -> dict:
     """LL and ACC on the same frames; returns a plain dict (JSON-ready).
 
-    ``backend`` runs the Gibbs chains and the annealing (``engines``). ``method`` as in
+    ``backend`` runs the Gibbs chains and the annealing, or an exact model's frames
+    (``engines``). ``method`` as in
     :func:`frame_log_likelihoods`, or "both": forward AIS for log_likelihood and, on the same
     frames, RAISE's conservative estimate as raise_log_likelihood (with its _stderr and
     raise_stderr, the annealing's part). Keys: log_likelihood, log_likelihood_stderr,
