@@ -3,14 +3,17 @@ log-likelihood and gradient, exact evaluation and exact sampling, the same mathe
 ``models/nade.py`` without its (frames, n_visible, n_hidden) working tensors. Only the
 engine seam (``engines/__init__.py``) chooses these classes.
 
-The kernels replace the per-frame NADE only; the recurrence stays torch's. A training step
-is therefore torch's autograd with one custom node, :class:`FrameLogProb`:
-``conditional_biases`` gives b(t), c(t) through the RNN (any ``--rnn``: tanh, sigmoid, GRU,
-LSTM, with their fused torch kernels and BPTT), the kernel gives each frame's log p and, in
-backward, the gradients of b(t), c(t) (handed back to autograd for the RNN's backward) and
-of W and V. An objective that wrote the gradient in closed form, as ``numba_rbm.NumbaCD``
-does for the RBM, would have to re-derive BPTT for four recurrences; the RNN is not where
-the NADE's time went (see benchmarks/README.md).
+The recurrence is any of torch's four. A training step is torch's autograd with one custom
+node, :class:`FrameLogProb`: ``conditional_biases`` gives b(t), c(t) through the RNN (tanh,
+sigmoid, GRU, LSTM, with their torch kernels and BPTT), the kernel gives each frame's log p
+and, in backward, the gradients of b(t), c(t) (handed back to autograd for the RNN's
+backward) and of W and V. A custom node rather than a closed-form objective like
+``numba_rbm.NumbaCD``: BPTT is not re-derived for four recurrences, and the torch model's
+own code conditions the frames. The tanh recurrence (the tutorial's and the paper preset's) is
+the exception, because with the NADE compiled torch's autograd of a 100-step RNN became
+most of an update: its step is in closed form (:meth:`NumbaNADE._tanh_gradients`, the RNN
+and its BPTT by ``cpu_kernels``, as the RNN-RBM's are), which the test suite checks against
+autograd like the others.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class NumbaNADE(TorchObjective):
     """Exact maximum likelihood with the frames' NADE on the kernels: the cost of a padded
     batch is minus the mean log p over its real frames (padding is never computed).
 
-    With the tanh recurrence (the tutorial's and the presets'), a training step is written in
+    With the tanh recurrence (the tutorial's and the paper preset's), a training step is written in
     closed form like ``numba_rbm.NumbaCD``'s: the RNN and its BPTT by ``cpu_kernels``, the
     products with every frame's u(t-1) by torch, no autograd graph (torch's autograd of a
     100-step RNN cost more than the NADE's kernels: benchmarks/README.md). Any other
