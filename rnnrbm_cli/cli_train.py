@@ -24,7 +24,7 @@ from rnnrbm_cli.cli import (
 @click.option("--device", help="auto, cpu or cuda.  [default: auto]")
 @click.option("--seed", type=SEED, help="Seed for initialisation, shuffling and sampling.  [default: 1234]")
 @click.option("--model", "model_type", type=ModelChoice(), help=MODEL_HELP)
-@click.option("--rnn", type=click.Choice(RNN_KINDS), help="The recurrence (the compiled CPU kernels run tanh only).  [default: tanh]")
+@click.option("--rnn", type=click.Choice(RNN_KINDS), help="The recurrence (the compiled CPU kernels: tanh for the RNN-RBM, any for the RNN-NADE).  [default: tanh]")
 @click.option("--n-hidden", type=click.IntRange(min=1), help="RBM (or NADE) hidden units.  [default: 150]")
 @click.option("--n-recurrent", type=click.IntRange(min=1), help="RNN units.  [default: 100]")
 @click.option("--learn-u0/--no-learn-u0", default=None, help="Learn the initial RNN state (the paper) instead of u(0) = 0.")

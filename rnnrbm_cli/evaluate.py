@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rnnrbm_cli.choices import LL_METHODS
-from rnnrbm_cli.engines import AnnealingSampler, TorchSampler, sampler_for
+from rnnrbm_cli.engines import AnnealingSampler, TorchSampler, exact_for, sampler_for
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.models import record_of
 from rnnrbm_cli.models.rbm import EXACT_LIMIT, free_energy, log_partition_exact
@@ -319,14 +319,16 @@ def frame_log_likelihoods(
     n_hidden <= EXACT_MAX_HIDDEN, else "ais"). The annealing starts from ``base``, default
     :func:`annealing_base` with ``samples`` chains of ``gibbs`` steps. Returns the per-frame
     log-likelihoods (N,) in nats, the annealing's variance of each (None when exact), and
-    the method used.
+    the method used. For a model with an exact likelihood, ``sampler``'s backend computes it
+    (``engines.exact_for``; torch when None).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}.")
     rec = record_of(model)
     if rec.exact:  # a model with a tractable likelihood
         stage = _stage(progress, "exact log-likelihood", len(frames))
-        return rec.exact_log_likelihoods(model, frames.v, frames.bv, frames.bh, stage), None, "exact"
+        exact = exact_for(model, sampler.backend if sampler is not None else "torch")
+        return exact.log_likelihoods(frames.v, frames.bv, frames.bh, stage), None, "exact"
     if method == "auto":
         method = "exact" if model.config.n_hidden <= EXACT_MAX_HIDDEN else "ais"
     W = model.W
@@ -478,11 +480,12 @@ def frame_marginals(
 ) -> Tensor:
     """Each frame's note probabilities given its true history (N, n_visible): Gibbs chains
     from the previous true frame for an RNN-RBM (:func:`note_marginals`), exact ancestral
-    samples for a model that has them."""
+    samples for a model that has them (on ``sampler``'s backend, ``engines.exact_for``)."""
     stage = _stage(progress, "note probabilities", len(frames))
     rec = record_of(model)
     if rec.exact:
-        return rec.exact_marginals(model, frames.bv, frames.bh, samples, generator, stage)
+        return exact_for(model, sampler.backend if sampler is not None else "torch").marginals(
+            frames.bv, frames.bh, samples, generator, stage)
     return note_marginals(model.W, frames.bv, frames.bh, samples=samples, gibbs=gibbs, start=frames.prev,
                           generator=generator, progress=stage, sampler=sampler)
 
@@ -525,7 +528,8 @@ def evaluate(
 ) -> dict:
     """LL and ACC on the same frames; returns a plain dict (JSON-ready).
 
-    ``backend`` runs the Gibbs chains and the annealing (``engines``). ``method`` as in
+    ``backend`` runs the Gibbs chains and the annealing, or an exact model's frames
+    (``engines``). ``method`` as in
     :func:`frame_log_likelihoods`, or "both": forward AIS for log_likelihood and, on the same
     frames, RAISE's conservative estimate as raise_log_likelihood (with its _stderr and
     raise_stderr, the annealing's part). Keys: log_likelihood, log_likelihood_stderr,

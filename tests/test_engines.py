@@ -28,11 +28,12 @@ def test_only_the_engines_import_the_compiled_kernels_and_read_the_switch():
     for path in sorted(PACKAGE.rglob("*.py")):
         text = path.read_text()
         name = path.relative_to(PACKAGE).as_posix()
-        if re.search(r"import cpu_kernels|cpu_kernels import|rnnrbm_cli\.engines\.cpu_kernels|import numba\b", text):
+        if re.search(r"import (cpu|nade)_kernels|(cpu|nade)_kernels import|rnnrbm_cli\.engines\.(cpu|nade)_kernels|import numba\b",
+                     text):
             importers.append(name)
         if "RNNRBM_NO_NUMBA" in text:
             readers.append(name)
-    assert importers == ["engines/cpu_kernels.py", "engines/numba_rbm.py"]
+    assert importers == ["engines/cpu_kernels.py", "engines/nade_kernels.py", "engines/numba_nade.py", "engines/numba_rbm.py"]
     assert readers == ["engines/__init__.py"]
 
 

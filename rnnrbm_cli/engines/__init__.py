@@ -1,6 +1,7 @@
 """The one place that decides who computes: torch (autograd, any device; ``torch_path``) or
 the compiled CPU kernels (numba, the same mathematics, several times faster on a CPU;
-``numba_rbm`` adapts ``cpu_kernels`` to the models). Nothing else imports either.
+``numba_rbm`` adapts ``cpu_kernels`` to the RNN-RBM, ``numba_nade`` adapts ``nade_kernels`` to
+the RNN-NADE). Nothing else imports either.
 
 Three questions go through here, and nothing else in the package asks them:
 
@@ -10,11 +11,15 @@ Three questions go through here, and nothing else in the package asks them:
 - ``sampler_for(model, backend)``: generation (``generate``) and, for a model whose
   likelihood is annealed (an RBM per frame), the Gibbs chains and annealing that evaluation
   runs (``AnnealingSampler``); a model with an exact likelihood is never asked for them;
+- ``exact_for(model, backend)``: for a model whose likelihood is exact, its frames'
+  log-likelihoods and note marginals given their conditional biases (``log_likelihoods``,
+  ``marginals``): the record's own hooks in torch, or the compiled kernels;
 - ``resolve_backend(backend, model, binary=...)``: which of the two a request for
   "auto", "torch" or "numba" means for this model and data. ``RNNRBM_NO_NUMBA`` (set and
   not "0") makes "auto" mean torch; it is read here and nowhere else.
 
-"auto" is the compiled kernels for a model whose record names kernels (the RNN-RBM's), float32
+"auto" is the compiled kernels for a model whose record names kernels (the RNN-RBM's "rbm",
+the RNN-NADE's "nade"), float32
 on the CPU with 0/1 data (what the kernels assume), torch everywhere else (CUDA, other
 dtypes, models without kernels). The two
 draw different random numbers, so a seed reproduces a run only with the same backend.
@@ -42,10 +47,10 @@ from rnnrbm_cli.errors import RnnrbmUsageError
 from rnnrbm_cli.models import record_of
 from rnnrbm_cli.models.base import CostResult
 from rnnrbm_cli.engines.numba_rbm import COMPILE_MESSAGE
-from rnnrbm_cli.engines.torch_path import ModelSampler, TorchObjective, TorchRNNPrediction, TorchSampler
+from rnnrbm_cli.engines.torch_path import ModelSampler, TorchExact, TorchObjective, TorchRNNPrediction, TorchSampler
 
 __all__ = ["BACKENDS", "COMPILE_MESSAGE", "Objective", "Sampler", "AnnealingSampler", "numba_problem",
-           "resolve_backend", "objective_for", "sampler_for", "TorchSampler"]
+           "resolve_backend", "objective_for", "sampler_for", "exact_for", "TorchSampler"]
 
 class Objective(Protocol):
     backend: str
@@ -79,14 +84,30 @@ class AnnealingSampler(Sampler, Protocol):
                           v: Tensor, generator: torch.Generator | None) -> Tensor: ...
 
 
-# -- the compiled kernels by the name a record gives them: (objective, sampler, problem) -----
+class ExactEvaluator(Protocol):
+    """What evaluation asks of a model whose likelihood is exact (record likelihood "exact")."""
+
+    backend: str
+
+    def log_likelihoods(self, v: Tensor, bv: Tensor, bh: Tensor, progress=None) -> Tensor: ...
+
+    def marginals(self, bv: Tensor, bh: Tensor, samples: int, generator: torch.Generator | None,
+                  progress=None) -> Tensor: ...
+
+
+# -- the compiled kernels by the name a record gives them: (objective, sampler, problem, exact)
+# exact: the evaluator of an exact model, None for a model whose likelihood is annealed.
 
 
 def _compiled(family: str):
     if family == "rbm":
         from rnnrbm_cli.engines import numba_rbm
 
-        return numba_rbm.NumbaCD, numba_rbm.NumbaSampler, numba_rbm.problem
+        return numba_rbm.NumbaCD, numba_rbm.NumbaSampler, numba_rbm.problem, None
+    if family == "nade":
+        from rnnrbm_cli.engines import numba_nade
+
+        return numba_nade.NumbaNADE, numba_nade.NumbaNADESampler, numba_nade.problem, numba_nade.NumbaNADEExact
     raise ValueError(f"no compiled kernels called {family!r}")
 
 
@@ -153,3 +174,14 @@ def sampler_for(model: torch.nn.Module, backend: str = "auto") -> Sampler:
     if resolve_backend(backend, model) == "numba":
         return _compiled(rec.kernels)[1](model)
     return ModelSampler(model) if rec.exact else TorchSampler(model)
+
+
+def exact_for(model: torch.nn.Module, backend: str = "auto") -> ExactEvaluator:
+    """The exact evaluation of ``model`` (its record's likelihood is exact) on the chosen
+    backend: per-frame log-likelihoods and note marginals given the conditional biases."""
+    rec = record_of(model)
+    if not rec.exact:
+        raise ValueError(f"model {rec.name} has no exact likelihood")
+    if resolve_backend(backend, model) == "numba":
+        return _compiled(rec.kernels)[3](model)
+    return TorchExact(model)

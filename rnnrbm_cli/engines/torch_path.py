@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from rnnrbm_cli.chunks import ChunkedData
-from rnnrbm_cli.models import base
+from rnnrbm_cli.models import base, record_of
 from rnnrbm_cli.models import rbm as rbm_math
 
 
@@ -57,6 +57,21 @@ class TorchRNNPrediction(TorchObjective):
 
     def cost(self, v, lengths, generator):
         return self.model.rnn_prediction_cost(v, lengths)
+
+
+class TorchExact:
+    """Exact evaluation of a model with a tractable likelihood: its record's own hooks."""
+
+    backend = "torch"
+
+    def __init__(self, model) -> None:
+        self.model, self.record = model, record_of(model)
+
+    def log_likelihoods(self, v, bv, bh, progress=None) -> Tensor:
+        return self.record.exact_log_likelihoods(self.model, v, bv, bh, progress)
+
+    def marginals(self, bv, bh, samples, generator=None, progress=None) -> Tensor:
+        return self.record.exact_marginals(self.model, bv, bh, samples, generator, progress)
 
 
 class ModelSampler:

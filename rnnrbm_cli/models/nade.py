@@ -181,6 +181,7 @@ RECORD = ModelRecord(
     exact_log_likelihoods=exact_log_likelihoods,
     exact_marginals=exact_marginals,
     frames_per_batch=frames_per_batch,
+    kernels="nade",
     # Exact maximum likelihood with Adam, one chunk per update; the exact validation LL on
     # every validation frame every epoch picks best.pt and stops the run.
     paper_preset={
