@@ -269,8 +269,9 @@ def test_folder_with_a_good_a_corrupt_and_a_text_file(tmp_path):
     assert summary(result) == {"train": (1, 3), "valid": (0, 0), "test": (0, 0)}
     assert result.skipped_files == [str(songs / "corrupt.mid"), str(songs / "notes.mid")]
     assert result.meta["skipped_files"] == result.skipped_files
-    assert len(result.warnings) == 2
+    assert len(result.warnings) == 3  # the two files, then the empty validation split (one piece is left)
     assert "corrupt.mid" in result.warnings[0] and "notes.mid" in result.warnings[1]
+    assert "never stops early" in result.warnings[2]
     assert result.meta["split"] == {"ratios": [0.8, 0.1, 0.1], "seed": 0}
     assert result.meta["source_sha256"] is None
     data = load_prepared(result.path)
