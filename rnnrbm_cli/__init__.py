@@ -5,13 +5,13 @@ functions of :mod:`rnnrbm_cli.api` are importable from here (loaded on first use
 ``import rnnrbm_cli`` and ``rnnrbm --help`` stay fast):
 
     prepare, load_data, load_model, train_model, sample_model, generate, evaluate_model,
-    Settings, resolve_settings
+    report_run, Settings, resolve_settings
 """
 
 __version__ = "0.1.0"
 
-_API = ("prepare", "load_data", "load_model", "train_model", "sample_model", "generate", "evaluate_model", "Settings",
-        "resolve_settings", "start_training", "resume_training", "tune_model")
+_API = ("prepare", "load_data", "load_model", "train_model", "sample_model", "generate", "evaluate_model", "report_run",
+        "Settings", "resolve_settings", "start_training", "resume_training", "tune_model")
 __all__ = ["__version__", *_API]
 
 

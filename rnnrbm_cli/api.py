@@ -23,7 +23,7 @@ from rnnrbm_cli.sample import sample as sample_model
 
 __all__ = [
     "Settings", "resolve_settings", "prepare", "load_data", "load_model", "train_model", "sample_model", "generate",
-    "evaluate_model", "start_training", "resume_training", "tune_model",
+    "evaluate_model", "report_run", "start_training", "resume_training", "tune_model",
 ]
 
 
@@ -167,6 +167,16 @@ def generate(model, num: int = 1, steps: int = 200, *, k: int = 25, primer=None,
     ``temperature``: np.ndarray, shape=(num, T0 + steps, 88), dtype=uint8. The same seed
     gives the same rolls."""
     return generate_rolls(model, num, steps, k=k, primer=primer, seed=seed, backend=backend, temperature=temperature)
+
+
+def report_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, **options: Any):
+    """Write one self-contained HTML report of a run (``rnnrbm report``): its settings,
+    training curves, saved evaluations and ``samples`` pieces from best.pt, pictured and
+    playable; returns ``report.ReportResult``. ``options``: those of ``report.report_run``
+    (samples, steps, seed, k, device, backend, force)."""
+    from rnnrbm_cli.report import report_run as _report
+
+    return _report(run_dir, out, **options)
 
 
 def tune_model(base: Settings, space, *, cache_dir=None, mirror=None, **options: Any):

@@ -83,9 +83,9 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Commands live in cli_data.py (fetch, datasets, prepare), cli_train.py (train) and
-# cli_output.py (sample, plot, evaluate). Each imports its library module inside the
-# command so that `rnnrbm --help` stays fast (torch is slow to import).
+# Commands live in cli_data.py (fetch, datasets, prepare), cli_train.py (train),
+# cli_output.py (sample, plot, evaluate) and cli_report.py (report). Each imports its library
+# module inside the command so that `rnnrbm --help` stays fast (torch is slow to import).
 # ---------------------------------------------------------------------------------------
 
 
@@ -153,4 +153,4 @@ _cache_dir_option = click.option(
 
 
 # The commands live in modules by what they work on; importing them registers them.
-from rnnrbm_cli import cli_data, cli_output, cli_train, cli_tune  # noqa: E402,F401
+from rnnrbm_cli import cli_data, cli_output, cli_report, cli_train, cli_tune  # noqa: E402,F401

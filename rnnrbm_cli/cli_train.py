@@ -58,9 +58,11 @@ from rnnrbm_cli.cli import (
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue the run in this directory.")
 @click.option("--mirror", help="Local folder or URL to fetch data from first.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Download and prepared-data cache.")
+@click.option("--tensorboard", is_flag=False, flag_value="", metavar="[DIR]",
+              help="Also write TensorBoard event files (scalars per epoch by stage, a sampled piano-roll every 5 epochs) to DIR.  [default DIR: RUN_DIR/tensorboard; needs pip install 'rnnrbm[tensorboard]']")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @click.pass_context
-def train(ctx, preset, config_file, resume, mirror, cache_dir, as_json, **flags):
+def train(ctx, preset, config_file, resume, mirror, cache_dir, tensorboard, as_json, **flags):
     """Train an RNN-RBM (or RNN-NADE) and write a run directory.
 
     The run directory holds config.json, command.txt, metrics.jsonl, checkpoint.pt
@@ -77,7 +79,8 @@ def train(ctx, preset, config_file, resume, mirror, cache_dir, as_json, **flags)
     from rnnrbm_cli.config import merge_settings
     from rnnrbm_cli.device import resolve_device
     from rnnrbm_cli.api import resume_training, start_training
-    from rnnrbm_cli.train import StopFlag, TrainingInterrupted
+    from rnnrbm_cli.tensorboard_log import TensorBoardCallbacks
+    from rnnrbm_cli.train import CallbackList, StopFlag, TrainingInterrupted
 
     given = {k: v for k, v in flags.items() if v is not None}
     command = " ".join(["rnnrbm", *[_shell_quote(a) for a in sys.argv[1:]]])
@@ -91,12 +94,15 @@ def train(ctx, preset, config_file, resume, mirror, cache_dir, as_json, **flags)
 
     stop = StopFlag()
     callbacks = _TrainProgress()
+    # Not a setting: it watches the run (config.json and the checkpoints are the same without it).
+    board = TensorBoardCallbacks(tensorboard or None) if tensorboard is not None else None
+    heard = CallbackList(callbacks, board) if board is not None else callbacks
     old = {s: signal.signal(s, lambda signum, frame: stop.set(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if resume:
-            trainer = resume_training(resume, device, given.get("epochs"), command, callbacks, stop, cache_dir, mirror)
+            trainer = resume_training(resume, device, given.get("epochs"), command, heard, stop, cache_dir, mirror)
         else:
-            trainer = start_training(settings, device, command, callbacks, stop, cache_dir, mirror)
+            trainer = start_training(settings, device, command, heard, stop, cache_dir, mirror)
         result = trainer.train()
     except TrainingInterrupted as e:
         callbacks.close()
@@ -106,6 +112,8 @@ def train(ctx, preset, config_file, resume, mirror, cache_dir, as_json, **flags)
         sys.exit(128 + e.signum)
     finally:
         callbacks.close()
+        if board is not None:
+            board.close()
         for s, handler in old.items():
             signal.signal(s, handler)
     if trainer.world is not None and not trainer.world.main:

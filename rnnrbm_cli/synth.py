@@ -17,6 +17,7 @@ The SoundFont is, in this order: the file named by ``$RNNRBM_SOUNDFONT``, the fi
 from __future__ import annotations
 
 import inspect
+import io
 import os
 import wave
 from dataclasses import dataclass
@@ -141,9 +142,8 @@ def synthesize(midi: pretty_midi.PrettyMIDI, sample_rate: int = SAMPLE_RATE) -> 
         Peak-normalised to 0.9 of full scale; all zeros if there is no note.
     """
     notes = [n for inst in midi.instruments if not inst.is_drum for n in inst.notes]
-    release_n = int(5 * _RELEASE_S * sample_rate)  # e^-5: inaudible
-    n_total = int(np.ceil(midi.get_end_time() * sample_rate)) + release_n
-    out = np.zeros(max(n_total, 1), dtype=np.float64)
+    release_n = _release_samples(sample_rate)
+    out = np.zeros(builtin_length(midi.get_end_time(), sample_rate), dtype=np.float64)
     spans = [(n, int(round(n.start * sample_rate))) for n in notes]
     spans = [(n, a, max(int(round(n.end * sample_rate)) - a, 1)) for n, a in spans]
     # Each pitch's tone is rendered once, as long as its longest note; a note takes the
@@ -159,6 +159,16 @@ def synthesize(midi: pretty_midi.PrettyMIDI, sample_rate: int = SAMPLE_RATE) -> 
         end = min(start + sound.size, out.size)
         out[start:end] += (n.velocity / 127.0) * sound[: end - start]
     return _normalise(out)
+
+
+def _release_samples(sample_rate: int) -> int:
+    return int(5 * _RELEASE_S * sample_rate)  # e^-5: inaudible
+
+
+def builtin_length(end_time: float, sample_rate: int = SAMPLE_RATE) -> int:
+    """Samples :func:`synthesize` renders for music whose last note ends at ``end_time``
+    seconds: the music and the last release. (A bound known before the music is.)"""
+    return max(int(np.ceil(end_time * sample_rate)) + _release_samples(sample_rate), 1)
 
 
 def _tone(pitch: int, n_samples: int, sample_rate: int) -> np.ndarray:
@@ -186,14 +196,21 @@ def _normalise(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32)
 
 
+def wav_bytes(audio: Audio) -> bytes:
+    """``audio`` as the bytes of a 16-bit mono PCM WAV file (44 bytes of header, then 2 a sample)."""
+    pcm = np.clip(np.round(audio.samples * 32767), -32768, 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(audio.sample_rate)
+        w.writeframes(pcm.tobytes())
+    return buffer.getvalue()
+
+
 def write_wav(path: str | os.PathLike, audio: Audio) -> Path:
     """Write ``audio`` atomically as a 16-bit mono PCM WAV file; return the path."""
-    pcm = np.clip(np.round(audio.samples * 32767), -32768, 32767).astype("<i2")
     path = Path(path)
     with atomic_open(path, "wb") as f:
-        with wave.open(f, "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(audio.sample_rate)
-            w.writeframes(pcm.tobytes())
+        f.write(wav_bytes(audio))
     return path

@@ -36,7 +36,7 @@ from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.selection import ModelSelection, ParameterAverage
 from rnnrbm_cli.stages import STAGE_NAMES, Stage, StagePlan, fine_tuning_optimizer, schedule, step_schedule
 
-__all__ = ["Trainer", "TrainResult", "Callbacks", "StopFlag", "TrainingInterrupted", "TrainingDiverged", "STAGE_NAMES",
+__all__ = ["Trainer", "TrainResult", "Callbacks", "CallbackList", "StopFlag", "TrainingInterrupted", "TrainingDiverged", "STAGE_NAMES",
            "new_trainer", "resume_trainer", "default_run_name"]
 
 RUNS_DIR = "runs"  # where default run directories are made, relative to the working directory
@@ -59,6 +59,37 @@ class Callbacks:
     def on_epoch_end(self, metrics: dict[str, Any]) -> None: ...
 
     def on_message(self, text: str) -> None: ...
+
+
+class CallbackList(Callbacks):
+    """Several callbacks heard as one, in order (the terminal's progress, TensorBoard, ...)."""
+
+    def __init__(self, *callbacks) -> None:
+        self.callbacks = [c for c in callbacks if c is not None]
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        for c in self.callbacks:
+            c.on_start(info)
+
+    def on_stage(self, stage: str, epochs: int) -> None:
+        for c in self.callbacks:
+            c.on_stage(stage, epochs)
+
+    def on_epoch_start(self, epoch: int, n_updates: int, first_update: int) -> None:
+        for c in self.callbacks:
+            c.on_epoch_start(epoch, n_updates, first_update)
+
+    def on_update(self, epoch: int, update: int, n_updates: int) -> None:
+        for c in self.callbacks:
+            c.on_update(epoch, update, n_updates)
+
+    def on_epoch_end(self, metrics: dict[str, Any]) -> None:
+        for c in self.callbacks:
+            c.on_epoch_end(metrics)
+
+    def on_message(self, text: str) -> None:
+        for c in self.callbacks:
+            c.on_message(text)
 
 
 class StopFlag:

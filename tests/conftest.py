@@ -200,8 +200,7 @@ def write_npz(path: Path, splits: dict, meta: dict) -> Path:
     return path
 
 
-@pytest.fixture
-def toy_npz(tmp_path) -> Path:
+def write_toy_npz(path: Path) -> Path:
     """Chord progressions: 24 training sequences of 10-40 frames, 4 valid, 4 test."""
     rng = _np.random.default_rng(0)
     splits = {
@@ -209,7 +208,13 @@ def toy_npz(tmp_path) -> Path:
         "valid": [chord_sequence(rng, 24) for _ in range(4)],
         "test": [chord_sequence(rng, 24) for _ in range(4)],
     }
-    return write_npz(tmp_path / "toy.npz", splits, {})
+    return write_npz(path, splits, {})
+
+
+@pytest.fixture
+def toy_npz(tmp_path) -> Path:
+    """Chord progressions (``write_toy_npz``) in the test's own folder."""
+    return write_toy_npz(tmp_path / "toy.npz")
 
 
 def small_settings(toy_npz: Path, run_dir: Path, **kw):

@@ -13,7 +13,7 @@ COMMANDS = sorted(cli_module.cli.commands)
 
 
 def test_the_commands_are_the_documented_ones():
-    assert COMMANDS == ["datasets", "evaluate", "fetch", "plot", "prepare", "sample", "train", "tune"]
+    assert COMMANDS == ["datasets", "evaluate", "fetch", "plot", "prepare", "report", "sample", "train", "tune"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
