@@ -223,11 +223,7 @@ def fetch_cmd(
         )
     if failures:
         # No JSON on failure: a partial list must not pass for the complete one.
-        fail(
-            "\n".join(failures)
-            + "\nCheck the network connection, or pass --mirror with a folder or URL"
-            " that holds the files."
-        )
+        fail("\n".join(failures) + "\nCheck the network connection. " + registry.FetchError.HINT)
     if as_json:
         # --json prints exactly one object: one dataset's report, or several under "datasets"
         print_json(reports[0] if len(reports) == 1 else {"datasets": reports})

@@ -104,8 +104,13 @@ class FetchError(RnnrbmError):
     not, each source tried for it and why that source failed.
     """
 
+    # What a user without a network (or behind a firewall) can do, said wherever a fetch fails:
+    # train, prepare and evaluate fetch too, not only `rnnrbm fetch`.
+    HINT = ("Without a network, point --mirror (or RNNRBM_MIRROR) at a folder or URL that holds the files "
+            "(README, Without internet).")
+
     def __init__(self, failures: list[str], results: list[FetchResult]):
-        super().__init__("\n".join(failures))
+        super().__init__("\n".join(failures) + " " + self.HINT)
         self.failures = failures
         self.results = results
 

@@ -19,6 +19,17 @@ import pytest
 
 # Read once, before any test's monkeypatch removes it from the environment.
 _MIRROR_ENV = os.environ.get("RNNRBM_MIRROR")
+
+# Tests never write to the user's cache (~/.cache/rnnrbm): without RNNRBM_CACHE_DIR, the whole
+# session shares a cache of its own, removed at exit.
+if not os.environ.get("RNNRBM_CACHE_DIR"):
+    import atexit as _atexit
+    import shutil as _shutil
+    import tempfile as _tempfile
+
+    _SESSION_CACHE = _tempfile.mkdtemp(prefix="rnnrbm-test-cache-")
+    os.environ["RNNRBM_CACHE_DIR"] = _SESSION_CACHE
+    _atexit.register(_shutil.rmtree, _SESSION_CACHE, True)
 _BESIDE_THE_CHECKOUT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
 

@@ -583,3 +583,20 @@ def test_help_ends_with_an_example(command: str):
 
 def test_cli_forms_match_the_registry():
     assert cli_module._FORMS == registry.FORMS
+
+
+def test_a_fetch_that_fails_inside_train_says_how_to_work_offline(cache: Path, tmp_path, monkeypatch, http_server):
+    """Not only `rnnrbm fetch`: the main command fetches too, and offline it must name the mirror."""
+    from conftest import one_sentence_error
+
+    monkeypatch.delenv("RNNRBM_MIRROR", raising=False)
+    server = http_server(tmp_path)  # serves an empty folder: every file is a 404
+    use_registry(tmp_path, monkeypatch, {"Nottingham.mat": [f"{server.url}/Nottingham.mat"]})
+    line = one_sentence_error(run("train", "--data", "nottingham", "--epochs", "1", "--run-dir", str(tmp_path / "r")))
+    assert "could not fetch Nottingham.mat" in line and "--mirror" in line and "RNNRBM_MIRROR" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_tests_cache_is_never_the_users():
+    users = Path.home() / ".cache" / "rnnrbm"
+    assert registry.default_cache_dir().resolve() != users.resolve()
