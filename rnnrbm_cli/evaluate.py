@@ -612,6 +612,9 @@ def evaluate_split(
 
     Returns :func:`evaluate`'s dict.
     """
+    if method in ("ais", "raise", "both") and exact_likelihood(model) and on_message is not None:
+        # said, not printed as if used: a tractable likelihood has no partition function to anneal
+        on_message(f"the {model.config.model_type} model's likelihood is exact; --method {method} is not used.")
     if method == "exact" and not exact_likelihood(model) and model.config.n_hidden > EXACT_LIMIT:
         raise RnnrbmUsageError(f"method exact enumerates 2**n_hidden states, and this model has n_hidden = "
                                f"{model.config.n_hidden} (at most {EXACT_LIMIT}); use ais, raise or both.")

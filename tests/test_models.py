@@ -238,3 +238,14 @@ def test_a_pretraining_stage_a_model_lacks_is_one_sentence_before_anything_is_wr
                 "--run-dir", tmp_path / model)
         assert flag in one_sentence_error(r, 2)
         assert not (tmp_path / model).exists()
+
+
+def test_an_annealing_method_asked_of_an_exact_model_is_said_not_used(toy_npz, tmp_path):
+    import json as _json
+
+    r = run("train", "--model", "rnn", "--data", toy_npz, "--epochs", "1", "--run-dir", tmp_path / "r", "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    r = run("evaluate", tmp_path / "r" / "best.pt", "--method", "raise", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert "--method raise is not used" in r.stderr
+    assert _json.loads(r.stdout)["method"] == "exact"
