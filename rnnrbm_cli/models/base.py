@@ -130,7 +130,7 @@ class Recurrent(nn.Module):
     """Base of the models: builds and runs the recurrence named by ``config.rnn``, and the
     conditioning the frame models share, bv(t) = bv + u(t-1) Wuv and bh(t) = bh + u(t-1) Wuh.
 
-    A subclass sets ``config`` and defines ``training_cost`` and ``generate`` (see
+    A subclass sets ``config`` and defines ``training_cost`` and ``sample_frame`` (see
     ``models/record.py``)."""
 
     config: ModelConfig
@@ -138,6 +138,34 @@ class Recurrent(nn.Module):
     def training_cost(self, v: Tensor, lengths: Tensor | None, k: int, generator: torch.Generator | None) -> CostResult:
         """The model's own objective on a padded batch v (B, T, n_visible); backward() gives its gradient."""
         raise NotImplementedError
+
+    def sample_frame(self, state: State, k: int, generator: torch.Generator | None) -> Tensor:
+        """One frame (n, n_visible) 0/1 for each of n sequences, given the RNN state after their past."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def generate(self, n: int, steps: int, k: int = 25, primer: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Sample n sequences in parallel, one frame at a time (``sample_frame``), each frame fed
+        back into the RNN. With a ``primer`` (T0, n_visible), the model first reads the primer
+        and the result begins with it. Returns (n, T0 + steps, n_visible) float 0/1 on the
+        model's device. This is the reference sampler; the engines may choose compiled kernels
+        instead (the same sampler, with their own random streams)."""
+        first = next(self.parameters())
+        device, dtype = first.device, first.dtype
+        state = self.initial_state(n)
+        frames = []
+        if primer is not None and primer.shape[0] > 0:
+            p = primer.to(device=device, dtype=dtype).expand(n, -1, -1)
+            state = self.run_recurrence(p)[1]
+            frames.append(p)
+        out = torch.empty((n, steps, self.config.n_visible), device=device, dtype=dtype)
+        for t in range(steps):
+            v = self.sample_frame(state, k, generator)
+            out[:, t] = v
+            state = self.step(v, state)
+        frames.append(out)
+        return torch.cat(frames, dim=1)
 
     def _init_conditioning(self, n_v: int, n_h: int, n_u: int, normal: Callable[..., Tensor]) -> None:
         """bv, bh (zeros) and Wuh, Wuv ~ N(0, 0.0001^2), the tutorial's, drawn in this order."""

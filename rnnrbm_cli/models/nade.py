@@ -108,27 +108,10 @@ class RNNNADE(Recurrent):
 
     # -- generation ---------------------------------------------------------------------
 
-    @torch.no_grad()
-    def generate(self, n: int, steps: int, k: int = 0, primer: Tensor | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """n sequences, each frame sampled exactly given the history (``k`` is unused: no
-        Gibbs chain). With a ``primer`` (T0, n_visible) the result begins with it.
-        Returns (n, T0 + steps, n_visible) float 0/1."""
-        device, dtype = self.W.device, self.W.dtype
-        state = self.initial_state(n)
-        frames = []
-        if primer is not None and primer.shape[0] > 0:
-            p = primer.to(device=device, dtype=dtype).expand(n, -1, -1)
-            state = self.run_recurrence(p)[1]
-            frames.append(p)
-        out = torch.empty((n, steps, self.config.n_visible), device=device, dtype=dtype)
-        for t in range(steps):
-            u = state[0]
-            v, _ = self.sample_frames(self.bv + u @ self.Wuv, self.bh + u @ self.Wuh, generator)
-            out[:, t] = v
-            state = self.step(v, state)
-        frames.append(out)
-        return torch.cat(frames, dim=1)
+    def sample_frame(self, state, k: int, generator: torch.Generator | None) -> Tensor:
+        """An exact ancestral sample of each sequence's next frame (``k`` unused: no chain)."""
+        u = state[0]
+        return self.sample_frames(self.bv + u @ self.Wuv, self.bh + u @ self.Wuh, generator)[0]
 
 
 def frames_per_batch(model: RNNNADE) -> int:

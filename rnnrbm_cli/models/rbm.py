@@ -243,46 +243,12 @@ class RNNRBM(Recurrent):
 
     # -- generation ---------------------------------------------------------------------
 
-    @torch.no_grad()
-    def generate(
-        self,
-        n: int,
-        steps: int,
-        k: int = 25,
-        primer: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Sample n sequences in parallel, one frame at a time.
-
-        Each new frame comes from a fresh k-step Gibbs chain started from zeros (the
-        tutorial's way) in the conditional RBM given the history, and is fed back into
-        the RNN. With a ``primer`` (T0, n_visible), the model first reads the primer and
-        the result begins with it. Returns (n, T0 + steps, n_visible) float 0/1 on the
-        model's device.
-
-        This is the reference sampler; the engines may choose the compiled CPU kernels
-        instead (the same sampler, with their own random streams).
-        """
-        device = self.W.device
-        n_v = self.config.n_visible
-        state = self.initial_state(n)
-        frames = []
-        if primer is not None and primer.shape[0] > 0:
-            p = primer.to(device=device, dtype=self.W.dtype).expand(n, -1, -1)
-            state = self.run_recurrence(p)[1]
-            frames.append(p)
-        out = torch.empty((n, steps, n_v), device=device, dtype=self.W.dtype)
-        for t in range(steps):
-            u = state[0]
-            bv_t = self.bv + u @ self.Wuv
-            bh_t = self.bh + u @ self.Wuh
-            v = gibbs_chain(torch.zeros(n, n_v, device=device), self.W, bv_t, bh_t, k, generator)
-            out[:, t] = v
-            state = self.step(v, state)
-        frames.append(out)
-        return torch.cat(frames, dim=1)
-
-
+    def sample_frame(self, state, k: int, generator: torch.Generator | None) -> Tensor:
+        """A fresh k-step Gibbs chain started from zeros (the tutorial's way) in the conditional
+        RBM given the history u(t-1) = state[0]; its last visible state (n, n_visible)."""
+        u = state[0]
+        zeros = torch.zeros(u.shape[0], self.config.n_visible, device=self.W.device)
+        return gibbs_chain(zeros, self.W, self.bv + u @ self.Wuv, self.bh + u @ self.Wuh, k, generator)
 
 RECORD = ModelRecord(
     name="rnn-rbm",

@@ -10,7 +10,8 @@ generator=...)`` with these methods (``models/base.py`` has the shared ones):
 
     training_cost(v, lengths, k, generator) -> CostResult   its objective on a padded batch
     rnn_prediction_cost(v, lengths) -> CostResult           the RNN-pretraining objective
-    generate(n, steps, k, primer, generator) -> Tensor      (n, T0 + steps, n_visible) 0/1
+    generate(n, steps, k, primer, generator) -> Tensor      (n, T0 + steps, n_visible) 0/1; base.Recurrent
+                                                            builds it from sample_frame(state, k, generator)
     conditional_biases(v) -> (bv(t), bh(t))                  what each frame's model is given
     parameter_parts() -> {"frame": [...], "rnn": [...]}     from ``frame_parameters``
 """

@@ -39,27 +39,10 @@ class RNN(Recurrent):
         """Exact maximum likelihood: the cross-entropy of each frame's prediction (``k`` unused)."""
         return self.rnn_prediction_cost(v, lengths)
 
-    @torch.no_grad()
-    def generate(self, n: int, steps: int, k: int = 0, primer: Tensor | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """n sequences, each frame's notes drawn independently given the history (``k`` is
-        unused). With a ``primer`` (T0, n_visible) the result begins with it.
-        Returns (n, T0 + steps, n_visible) float 0/1."""
-        device, dtype = self.bv.device, self.bv.dtype
-        state = self.initial_state(n)
-        frames = []
-        if primer is not None and primer.shape[0] > 0:
-            p = primer.to(device=device, dtype=dtype).expand(n, -1, -1)
-            state = self.run_recurrence(p)[1]
-            frames.append(p)
-        out = torch.empty((n, steps, self.config.n_visible), device=device, dtype=dtype)
-        uniform = torch.rand((steps, n, self.config.n_visible), generator=generator, device=device, dtype=dtype)
-        for t in range(steps):
-            v = (uniform[t] < torch.sigmoid(self.bv + state[0] @ self.Wuv)).to(dtype)
-            out[:, t] = v
-            state = self.step(v, state)
-        frames.append(out)
-        return torch.cat(frames, dim=1)
+    def sample_frame(self, state, k: int, generator: torch.Generator | None) -> Tensor:
+        """Each note of the next frame drawn on its own from sigmoid(bv(t)) (``k`` unused)."""
+        p = torch.sigmoid(self.bv + state[0] @ self.Wuv)
+        return (torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p).to(p.dtype)
 
 
 @torch.no_grad()
