@@ -58,7 +58,10 @@ def sample_cmd(checkpoint: Path, out: Path, as_json: bool, **options) -> None:
     """
     from rnnrbm_cli.sample import sample
 
-    result = sample(checkpoint, out, on_message=lambda text: err_console.print(escape(text), soft_wrap=True), **options)
+    # Off a terminal (a log, CI, nohup) a long sample says where it is; on one, its messages suffice.
+    progress = None if sys.stderr.isatty() else (lambda text: click.echo(text, err=True))
+    result = sample(checkpoint, out, on_message=lambda text: err_console.print(escape(text), soft_wrap=True),
+                    on_progress=progress, **options)
     if result.audio == "fluidsynth":
         err_console.print(f"Audio rendered with FluidSynth and {escape(str(result.soundfont))}.", soft_wrap=True)
     elif result.audio == "builtin":

@@ -134,15 +134,23 @@ def _shell_quote(arg: str) -> str:
 
 
 class _TrainProgress:
-    """Draws the training loop's events: a tqdm bar per epoch and one line per epoch."""
+    """Draws the training loop's events: a tqdm bar per epoch (on a terminal) and one line
+    per epoch, which ends with the time the whole run has left (every stage), so that a log
+    says it too."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=None) -> None:
+        import time
+
         self.bar = None
         self.epochs = 0
         self.stage = "training"
+        self.clock = clock or time.monotonic
+        self.eta = RunEta([])
+        self.epoch_started = None
 
     def on_start(self, info) -> None:
         self.epochs = info["epochs"]
+        self.eta = RunEta(info.get("stages") or [["fine", info["epochs"]]])
         err_console.print(
             f"Run directory: {info['run_dir']}  (device {info['device']}, {info['train_sequences']:,} sequence{'s' if info['train_sequences'] != 1 else ''}, "
             f"{info['train_frames']:,} frames, {info['train_chunks']:,} chunk{'s' if info['train_chunks'] != 1 else ''})"
@@ -159,6 +167,7 @@ class _TrainProgress:
         from tqdm import tqdm
 
         self.close()
+        self.epoch_started = self.clock()
         self.bar = tqdm(total=n_updates, initial=first_update, desc=f"{self.stage}, epoch {epoch}/{self.epochs}", unit="upd",
                         leave=False, file=sys.stderr, dynamic_ncols=True, disable=None)
 
@@ -177,6 +186,12 @@ class _TrainProgress:
         parts.append(f"{m['seconds']:7.1f} s")
         if m.get("frames_per_second"):
             parts.append(f"{m['frames_per_second']:10,.0f} frames/s")
+        if self.epoch_started is not None:  # the epoch's wall time: validation and checkpoint included
+            self.eta.done(m.get("stage", "fine"), m["epoch"], self.clock() - self.epoch_started)
+            self.epoch_started = None
+        left = self.eta.left(m["epoch"])
+        if left is not None:
+            parts.append(f"ETA {_short_duration(left)}")
         err_console.print("  ".join(parts))
 
     def on_message(self, text) -> None:
@@ -186,3 +201,47 @@ class _TrainProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class RunEta:
+    """The time a run has left, estimated from the epochs done and their seconds.
+
+    ``stages`` is the plan, [[name, epochs], ...] in order, on one epoch counter. An epoch
+    left in a stage is expected to last as long as that stage's epochs have on average; in
+    a stage not yet begun, as long as every epoch so far. It assumes the run goes to its last
+    epoch: early stopping can only end it sooner.
+    """
+
+    def __init__(self, stages) -> None:
+        self.stages = [(name, int(n)) for name, n in stages]
+        self.seconds: dict[str, list[float]] = {}
+
+    def done(self, stage: str, epoch: int, seconds: float) -> None:
+        self.seconds.setdefault(stage, []).append(seconds)
+
+    def left(self, epoch: int) -> float | None:
+        """Seconds left after ``epoch`` epochs (counted from the run's start); None when
+        nothing is left or nothing has been timed yet."""
+        every = [s for seconds in self.seconds.values() for s in seconds]
+        if not every:
+            return None
+        overall = sum(every) / len(every)
+        total, first = 0.0, 0
+        for name, n in self.stages:
+            remaining = max(0, min(n, first + n - epoch))
+            if remaining:
+                timed = self.seconds.get(name)
+                total += remaining * (sum(timed) / len(timed) if timed else overall)
+            first += n
+        return total if total > 0 else None
+
+
+def _short_duration(seconds: float) -> str:
+    """45 s, 12 min, 1 h 05 min: as a person says a time left."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{round(seconds / 60)} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes:02d} min"

@@ -144,16 +144,77 @@ def _parse_midi(source: str | os.PathLike | bytes, name: str, max_bytes: int | N
 
 
 def _to_pretty_midi(parsed: mido.MidiFile, name: str) -> pretty_midi.PrettyMIDI:
+    _fit_resolution(parsed)
     try:
         with warnings.catch_warnings():
             # pretty_midi warns about tempo events on non-zero tracks; the times it
             # computes are still the best reading of such a file.
             warnings.simplefilter("ignore")
             # pretty_midi maps every tick to seconds in arrays of 24 bytes a tick, and
-            # refuses more than 10 million ticks as corrupt.
+            # refuses more than 10 million ticks as corrupt (_fit_resolution has made a
+            # real piece of high resolution fit first).
             return pretty_midi.PrettyMIDI(mido_object=parsed)
     except Exception as e:  # pretty_midi raises many types on a damaged file
         raise RnnrbmError(f"{name} is not a readable MIDI file ({str(e) or type(e).__name__}).") from e
+
+
+#: The coarsest resolution (ticks per beat) a file is rounded to when no exact rescaling fits
+#: pretty_midi's tick limit: the usual resolution of sequencer files, an event then moves by at
+#: most 1/192 of a beat (2.6 ms at 120 bpm), a quarter of the grid's tolerance at 16th notes.
+MIN_RESCALED_RESOLUTION = 96
+
+
+def _fit_resolution(parsed: mido.MidiFile) -> None:
+    """Lower the tick resolution of a file, in place, until pretty_midi accepts its ticks.
+
+    pretty_midi tabulates seconds per tick and refuses a file whose last tick passes
+    ``pretty_midi.pretty_midi.MAX_TICK`` (10 million) as "likely corrupt". Notation programs
+    export at high resolution (10,080 ticks per beat, for tuplets), so ten minutes of real
+    music pass that limit. The tool bounds a piece by its real length before this (seconds
+    and frames, ``_check_length``), so the tick count alone says nothing here: the ticks are
+    divided, with ``ticks_per_beat``, by the smallest factor that fits. Tempo is microseconds
+    per beat, so dividing both keeps every time in seconds and beats; when the factor divides
+    every event's tick (notation puts events on a grid) the result is exact, else events are
+    rounded to the nearest tick of the finest resolution that fits (never coarser than
+    MIN_RESCALED_RESOLUTION). A file that no such resolution fits is left to pretty_midi to refuse.
+    """
+    limit = int(pretty_midi.pretty_midi.MAX_TICK)  # pretty_midi refuses a last tick + 1 above it (a float: 1e7)
+    resolution = parsed.ticks_per_beat
+    absolute = []
+    for track in parsed.tracks:
+        tick, ticks = 0, []
+        for event in track:
+            tick += event.time
+            ticks.append(tick)
+        absolute.append(ticks)
+    last = max((t[-1] for t in absolute if t), default=0)
+    if last + 1 <= limit or resolution <= 0:
+        return
+    common = math.gcd(resolution, *(tick for ticks in absolute for tick in ticks))
+    exact = [f for f in _divisors(common) if last // f + 1 <= limit]
+    if exact:
+        factor = exact[0]
+        new_resolution, new_tick = resolution // factor, lambda tick: tick // factor  # noqa: E731
+    else:
+        # The finest whole resolution whose last tick fits; times keep their seconds and
+        # beats up to half a new tick.
+        new_resolution = (limit - 2) * resolution // last
+        if new_resolution < MIN_RESCALED_RESOLUTION:
+            return
+        new_tick = lambda tick: (2 * tick * new_resolution + resolution) // (2 * resolution)  # noqa: E731
+    for track, ticks in zip(parsed.tracks, absolute):
+        before = 0
+        for event, tick in zip(track, ticks):
+            now = new_tick(tick)
+            event.time = now - before
+            before = now
+    parsed.ticks_per_beat = new_resolution
+
+
+def _divisors(n: int) -> list[int]:
+    """The divisors of ``n`` (> 0), smallest first."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 # Events pretty_midi's get_end_time() counts: notes, controllers, pitch bends, tempo, key

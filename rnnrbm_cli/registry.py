@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import sys
+import time
 import tomllib
 import urllib.error
 import urllib.parse
@@ -41,6 +42,16 @@ FORMS = choices.FORMS
 
 #: Seconds a connection attempt or a single read may stall before the source is abandoned.
 TIMEOUT_S = 30.0
+
+#: A download that moves fewer than STALL_BYTES in STALL_SECONDS is abandoned as stalled, and
+#: the next source tried. The socket timeout bounds one read only: a server that sends a byte
+#: every few seconds never trips it, and would keep a fetch waiting for ever.
+STALL_BYTES = 1024
+STALL_SECONDS = 30.0
+
+#: Off a terminal (a log, CI, nohup), where there is no progress bar, a download says how far
+#: it has got at most this often, in seconds.
+PROGRESS_SECONDS = 10.0
 
 # Bytes read per step while downloading and hashing: small enough for a smooth progress bar.
 _CHUNK = 64 * 1024
@@ -381,11 +392,14 @@ def fetch(
             results.append(FetchResult(datafile.name, path, datafile.sha256, "cache", True))
             continue
         reasons: list[str] = []
-        for source in _sources(datafile, mirror):
+        sources = _sources(datafile, mirror)
+        for i, source in enumerate(sources):
             try:
                 _download(source, datafile, path, progress)
             except _SourceFailed as e:
                 reasons.append(f"{source}: {e}")
+                if _plain_lines(progress) and i + 1 < len(sources):
+                    _say(f"{datafile.name}: {source} failed ({e}); trying the next source")
                 continue
             results.append(FetchResult(datafile.name, path, datafile.sha256, source, False))
             break
@@ -429,7 +443,7 @@ def _download(source: str, datafile: DataFile, dest: Path, progress: bool) -> No
             raise _SourceFailed(f"size mismatch ({reported} bytes, expected {datafile.size})")
         try:
             with atomic_open(dest, "wb") as out:
-                digest, got = _copy(stream, out, datafile, progress)
+                digest, got = _copy(stream, out, datafile, progress, source)
                 if got < datafile.size:
                     raise _SourceFailed(f"incomplete: got {got} of {datafile.size} bytes")
                 if got > datafile.size:
@@ -456,13 +470,40 @@ def _open(source: str) -> tuple[IO[bytes], int | None]:
     return response, int(length) if length and length.isdigit() else None
 
 
-def _copy(stream: IO[bytes], out: IO[bytes], datafile: DataFile, progress: bool) -> tuple[str, int]:
+def _plain_lines(progress: bool) -> bool:
+    """Whether progress is said in plain lines: asked for, and stderr is no terminal (where tqdm draws a bar)."""
+    try:
+        return progress and not sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        return progress
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def _copy(stream: IO[bytes], out: IO[bytes], datafile: DataFile, progress: bool,
+          source: str = "") -> tuple[str, int]:
     """Stream into ``out`` while hashing; stop one byte past the expected size.
 
+    Raises _SourceFailed when fewer than STALL_BYTES arrive in STALL_SECONDS. Off a terminal
+    it says, at most every PROGRESS_SECONDS, how far it has got.
     Returns the sha256 hex digest and the number of bytes copied.
     """
     sha = hashlib.sha256()
     got = 0
+    # read1 returns what has arrived (at least a byte) instead of waiting for a whole chunk,
+    # so that a trickle is seen as one; a plain file or a test double may only have read.
+    read = getattr(stream, "read1", None) or stream.read
+    lines = _plain_lines(progress)
+    started = window_start = said = time.monotonic()
+    window_bytes = 0
+    if lines:
+        _say(f"{datafile.name}: downloading {_mib(datafile.size)}" + (f" from {source}" if source else ""))
     with tqdm(
         total=datafile.size,
         desc=datafile.name,
@@ -474,13 +515,24 @@ def _copy(stream: IO[bytes], out: IO[bytes], datafile: DataFile, progress: bool)
         disable=None if progress else True,  # None: only when stderr is a terminal
     ) as bar:
         while got <= datafile.size:
-            chunk = stream.read(min(_CHUNK, datafile.size + 1 - got))
+            chunk = read(min(_CHUNK, datafile.size + 1 - got))
             if not chunk:
                 break
             sha.update(chunk)
             out.write(chunk)
             got += len(chunk)
             bar.update(len(chunk))
+            now = time.monotonic()
+            window_bytes += len(chunk)
+            if now - window_start >= STALL_SECONDS:
+                if window_bytes < STALL_BYTES:
+                    raise _SourceFailed(f"stalled: {window_bytes} bytes in the last {STALL_SECONDS:g} s")
+                window_start, window_bytes = now, 0
+            if lines and now - said >= PROGRESS_SECONDS and got < datafile.size:
+                said = now
+                rate = got / (now - started) if now > started else 0.0
+                _say(f"{datafile.name}: {_mib(got)} of {_mib(datafile.size)} ({got / datafile.size:.0%}), "
+                     f"{rate / 1024:,.0f} KiB/s")
     return sha.hexdigest(), got
 
 

@@ -49,6 +49,8 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 MAX_CELLS = 2**28
 # The most pieces (files) one call may write.
 MAX_PIECES = 10_000
+# Seconds between two progress lines while one long file is written.
+PROGRESS_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,21 @@ def _writing(path: Path) -> Iterator[None]:
         raise RnnrbmError(f"cannot write {path} ({e.strerror or e}); choose another output name.") from None
 
 
+def _every(seconds: float, report: Callable[[float], None]) -> Callable[[float], None]:
+    """``report`` at most once every ``seconds`` (never at the start or the very end: the
+    lines around it say those)."""
+    last = time.monotonic()
+
+    def heard(done: float) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= seconds and done < 1:
+            last = now
+            report(done)
+
+    return heard
+
+
 # -- sampling ----------------------------------------------------------------------------
 
 
@@ -342,6 +359,7 @@ def sample(
     png: bool = False,
     force: bool = False,
     on_message: Callable[[str], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
     max_cells: int | None = MAX_CELLS,
     max_pieces: int | None = MAX_PIECES,
 ) -> SampleResult:
@@ -375,6 +393,9 @@ def sample(
     force : replace existing files; otherwise any existing output is an error, raised
         before anything is generated or written.
     on_message : called with progress sentences for a person (the CLI prints them on stderr).
+    on_progress : called with where the writing is, for a log where no bar can be drawn
+        (the CLI passes it off a terminal): a line per piece written, and every
+        PROGRESS_SECONDS while a long piece's audio renders.
     max_cells, max_pieces : the most cells (pieces x frames x 88, see :func:`check_size`)
         and pieces one call may make, checked before anything is loaded; None: no limit.
 
@@ -383,6 +404,7 @@ def sample(
     or not at all.
     """
     say = on_message or (lambda text: None)
+    progress = on_progress or (lambda text: None)
     if steps is not None and seconds is not None:
         raise RnnrbmUsageError("give --steps or --seconds, not both.")
     if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
@@ -446,6 +468,7 @@ def sample(
     rolls = generate_rolls(model, num, steps, k=k, primer=primer_roll, seed=seed, backend=backend,
                            max_cells=max_cells, on_message=say, temperature=temperature)
     generate_seconds = time.perf_counter() - t0
+    progress(f"generated in {generate_seconds:.1f} s; writing {num} piece{'s' if num != 1 else ''}")
     if transpose_to is not None:
         moved = [transpose_from_c(roll, transpose_to) for roll in rolls]
         rolls = np.stack([roll for roll, _ in moved])
@@ -470,9 +493,10 @@ def sample(
             if wav:
                 from rnnrbm_cli import synth
 
-                audio = synth.render(roll_to_midi(roll, frame_dt, program=program, velocity=velocity))
                 with _writing(entry["wav"]):
-                    synth.write_wav(tmp["wav"], audio)
+                    audio = synth.render_wav(roll_to_midi(roll, frame_dt, program=program, velocity=velocity), tmp["wav"],
+                                             on_progress=_every(PROGRESS_SECONDS, lambda done, name=entry["wav"].name:
+                                                                progress(f"{name}: rendering audio, {int(100 * done)}%")))
                 audio_method, audio_note, soundfont = audio.method, audio.reason, audio.soundfont
             if png:
                 from rnnrbm_cli import plot
@@ -483,6 +507,7 @@ def sample(
                 marks = {"primer | sampled": primer_frames * frame_dt} if primer_frames else None
                 fig = plot.roll_figure(roll, frame_length=frame_dt, unit="s", title=title, marks=marks)
                 plot.save_figure(fig, tmp["png"])
+            progress(f"piece {i} of {num} ready: {', '.join(path.name for path in entry.values())}")
     return SampleResult(
         rolls=rolls,
         files=files,

@@ -373,6 +373,7 @@ class Trainer:
             "run_dir": str(self.run_dir), "device": str(self.device), "backend": self.objective.backend,
             "train_sequences": self.train_data.n_sequences, "train_frames": self.train_data.n_frames,
             "train_chunks": len(self.train_data.chunks), "epoch": self.epoch, "epochs": self.total_epochs,
+            "stages": [list(stage) for stage in self.plan.stages],  # [name, epochs], in order
         })
         advice = self.advice()
         if advice is not None and self.epoch == 0:

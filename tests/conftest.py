@@ -9,6 +9,7 @@ import functools
 import http.server
 import os
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,10 @@ class FileServer:
     # File names (relative to root, unquoted) answered with the full Content-Length but
     # only the first half of the bytes, then a closed connection: a download cut off.
     truncate: set[str] = field(default_factory=set)
+    # File names answered with the full Content-Length and then one byte every ``trickle_s``
+    # seconds: a server that stalls without ever going silent long enough to time out.
+    trickle: set[str] = field(default_factory=set)
+    trickle_s: float = 0.2
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -89,6 +94,24 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()
+            self.close_connection = True
+            return
+        if name in served.trickle:
+            data = (served.root / name).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            deadline = time.monotonic() + 60  # never outlive a test by much, whoever gives up
+            try:
+                for i in range(len(data)):
+                    if time.monotonic() > deadline:
+                        break
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(served.trickle_s)
+            except OSError:  # the client gave up: what it should do
+                pass
             self.close_connection = True
             return
         super().do_GET()

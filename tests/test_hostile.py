@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tracemalloc
+import wave
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -759,3 +760,28 @@ def test_two_samples_racing_for_one_name_cannot_both_win(tmp_path, monkeypatch):
         f"{out} was written by another process while this one sampled; nothing was written (pass --force to replace it).")
     assert np.array_equal(midi_to_roll(out, dt=0.3)[0], won[0].rolls[0])  # the winner's file, whole
     assert no_part_files(tmp_path)
+
+
+# -- audio of a long piece ---------------------------------------------------------------
+
+
+def test_the_audio_of_a_long_piece_is_written_in_bounded_memory(tmp_path):
+    # Half an hour of a random model (dense: every key about half the time) at 44.1 kHz is
+    # 159 MB of WAV, and took 1.6 GB more memory rendered whole; two hours took 6.8 GB.
+    from rnnrbm_cli.synth import SAMPLE_RATE, builtin_length
+
+    ckpt = tiny_checkpoint(tmp_path / "c.pt")
+    args = ("--seconds", "1800", "--k", "1", "--seed", "0", "--backend", "torch")
+    result, without_audio_mb = run_capped(tmp_path, "sample", str(ckpt), str(tmp_path / "silent.mid"), *args)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "long.mid"
+    result, peak_mb = run_capped(tmp_path, "sample", str(ckpt), str(out), *args, "--wav")
+    assert result.returncode == 0, result.stderr
+    assert "built-in synthesiser" in result.stderr  # FluidSynth renders a piece whole: not one this long
+    with wave.open(str(out.with_suffix(".wav"))) as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (SAMPLE_RATE, 2, 1)
+        assert builtin_length(1800 - 0.3, SAMPLE_RATE) <= w.getnframes() <= builtin_length(1800, SAMPLE_RATE)
+        w.setpos(w.getnframes() // 2)
+        assert np.abs(np.frombuffer(w.readframes(SAMPLE_RATE), "<i2")).max() > 1000  # music, not silence
+    # one tone per key and a block of audio, never the piece: the tones of 88 keys are at most ~150 MB
+    assert peak_mb - without_audio_mb < 150, (peak_mb, without_audio_mb)

@@ -498,3 +498,62 @@ def test_read_midi_refuses_a_file_over_the_size_limit(tmp_path):
         read_midi(path, max_bytes=size - 1)
     with pytest.raises(RnnrbmError, match="is larger than"):
         read_midi(good.getvalue(), max_bytes=size - 1)
+
+
+# -- files of high resolution ------------------------------------------------------------
+
+
+def ten_minutes(ticks_per_beat: int, *, humanised: bool = False) -> bytes:
+    """Ten minutes of music as a notation program exports it: 600 beats at 120 bpm, then 500
+    at 100 bpm; a chord on every beat, and a bar of triplet eighths every 8 beats. With
+    ``humanised`` a controller sits one tick after the start, so that no factor divides every tick."""
+    events = []  # (beat as a fraction (numerator, denominator), message)
+    for beat in range(1100):
+        if beat % 8 == 7:
+            for third in range(3):
+                pitch = (72, 74, 76)[third]
+                events.append(((3 * beat + third, 3), mido.Message("note_on", note=pitch, velocity=80)))
+                events.append(((3 * beat + third + 1, 3), mido.Message("note_off", note=pitch, velocity=0)))
+        else:
+            for pitch in (48, 52, 55) if beat % 2 else (53, 57, 60):
+                events.append(((beat, 1), mido.Message("note_on", note=pitch, velocity=80)))
+                events.append(((beat + 1, 1), mido.Message("note_off", note=pitch, velocity=0)))
+    events.append(((600, 1), mido.MetaMessage("set_tempo", tempo=600_000)))
+    if humanised:
+        events.append(((1, ticks_per_beat), mido.Message("control_change", control=7, value=100)))
+
+    def tick(beat):
+        return beat[0] * ticks_per_beat // beat[1]
+
+    # note_off before note_on at the same tick, as a file writer orders them
+    events.sort(key=lambda e: (tick(e[0]), e[1].type != "set_tempo", e[1].type == "note_on"))
+    track = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500_000, time=0)])
+    last = 0
+    for beat, message in events:
+        at = tick(beat)
+        track.append(message.copy(time=at - last))
+        last = at
+    midi = mido.MidiFile(ticks_per_beat=ticks_per_beat)
+    midi.tracks.append(track)
+    buffer = io.BytesIO()
+    midi.save(file=buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("humanised", [False, True], ids=["on-a-grid", "humanised"])
+@pytest.mark.parametrize("grid", [{"dt": 0.3}, {"beat_division": 6}], ids=["dt", "beats"])
+def test_a_file_at_10080_ticks_per_beat_reads_as_the_same_music_at_480(humanised, grid):
+    fine = ten_minutes(10080, humanised=humanised)
+    # as it is, pretty_midi takes these 11 million ticks for a corrupt file
+    with pytest.raises(ValueError, match="it is likely corrupt"):
+        pretty_midi.PrettyMIDI(io.BytesIO(fine))
+    roll, _ = midi_to_roll(fine, **grid)
+    expected, _ = midi_to_roll(ten_minutes(480), **grid)
+    frames = 2000 if "dt" in grid else 6600  # 600 s at 0.3 s; 1100 beats of 6 frames
+    assert roll.shape == expected.shape == (frames, N_KEYS)
+    assert (roll == expected).all()
+    assert roll[:, 72 - LOWEST_PITCH].sum() > 0  # the triplets are there
+    midi = read_midi(fine)
+    assert midi.get_end_time() == pytest.approx(600.0, abs=1e-9)
+    # on its grid the file is divided exactly (by 2: 5,040 ticks a beat); rounded otherwise
+    assert midi.resolution == (5040 if not humanised else 9090)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -463,6 +464,70 @@ def test_a_download_cut_off_half_way_leaves_nothing(
     assert "incomplete" in result.stderr
     assert server.requests == ["/Nottingham.mat"]
     assert files_under(cache) == []
+
+
+def stalled_server(http_server, shared_datasets, monkeypatch):
+    """A server that answers for Nottingham.mat and then sends a byte every 0.2 s; the stall
+    bound patched down from 1 KiB in 30 s to 100 bytes in 0.5 s."""
+    server = http_server(shared_datasets)
+    server.trickle.add("Nottingham.mat")
+    monkeypatch.setattr(registry, "STALL_BYTES", 100)
+    monkeypatch.setattr(registry, "STALL_SECONDS", 0.5)
+    return server
+
+
+def test_a_stalled_download_is_abandoned_and_nothing_is_cached(
+    cache: Path, http_server, shared_datasets, tmp_path, monkeypatch
+):
+    server = stalled_server(http_server, shared_datasets, monkeypatch)
+    use_registry(tmp_path, monkeypatch, {"Nottingham.mat": [f"{server.url}/Nottingham.mat"]})
+    started = time.monotonic()
+    result = run("fetch", "nottingham")
+    assert time.monotonic() - started < 10  # the 371,688 bytes would take 20 hours at this rate
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    error = " ".join(result.stderr[result.stderr.index("Error: "):].split())
+    assert re.search(rf"could not fetch Nottingham.mat: {re.escape(server.url)}/Nottingham.mat: "
+                     r"stalled: [1-5] bytes in the last 0.5 s\.", error), error
+    assert server.requests == ["/Nottingham.mat"]
+    assert files_under(cache) == []
+
+
+def test_a_stalled_source_gives_way_to_the_next(cache: Path, http_server, shared_datasets, tmp_path, monkeypatch):
+    server = stalled_server(http_server, shared_datasets, monkeypatch)
+    good = http_server(shared_datasets)
+    urls = [f"{server.url}/Nottingham.mat", f"{good.url}/Nottingham.mat"]
+    use_registry(tmp_path, monkeypatch, {"Nottingham.mat": urls})
+    result = run("fetch", "nottingham", "--json")
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.stdout)["files"]
+    assert entry["source"] == urls[1]
+    assert sha256_of(Path(entry["path"])) == NOTTINGHAM_MAT_SHA
+    # Off a terminal (CliRunner's stderr is none) the fetch says what it does, line by line.
+    said = result.stderr
+    assert f"Nottingham.mat: downloading 0.4 MiB from {urls[0]}" in said
+    assert re.search(rf"Nottingham.mat: {re.escape(urls[0])} failed \(stalled: [1-5] bytes in the last 0.5 s\); "
+                     "trying the next source", said), said
+    assert f"Nottingham.mat: downloading 0.4 MiB from {urls[1]}" in said
+    assert files_under(cache) == [cache / "nottingham" / "Nottingham.mat"]
+
+
+def test_a_download_off_a_terminal_says_how_far_it_has_got(cache: Path, mirror_server, monkeypatch):
+    monkeypatch.setattr(registry, "PROGRESS_SECONDS", 0.0)  # a line for every read but the last
+    result = run("fetch", "nottingham", "--mirror", mirror_server.url)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Nottingham.mat: ")]
+    assert lines[0] == f"Nottingham.mat: downloading 0.4 MiB from {mirror_server.url}/Nottingham.mat"
+    shares = []
+    for line in lines[1:]:
+        said = re.fullmatch(r"Nottingham.mat: (\d\.\d) MiB of 0.4 MiB \((\d+)%\), [\d,]+ KiB/s", line)
+        assert said, line
+        shares.append(int(said[2]))
+    assert len(shares) >= 2 and shares == sorted(shares) and shares[-1] < 100  # how much reads return varies
+    # on a terminal tqdm draws its bar instead, and these lines are not printed
+    monkeypatch.setattr(registry, "_plain_lines", lambda progress: False)
+    again = run("fetch", "nottingham", "--mirror", mirror_server.url, "--force")
+    assert again.exit_code == 0 and "downloading" not in again.stderr
 
 
 def test_an_interrupted_download_leaves_nothing(cache: Path, shared_datasets: Path, monkeypatch):

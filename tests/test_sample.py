@@ -250,6 +250,45 @@ def test_wav_and_png_beside_the_midi(ckpt: Path, tmp_path: Path):
     assert png_size(tmp_path / "out.png") == (1200, 500)
 
 
+def test_off_a_terminal_sample_says_where_it_is(ckpt: Path, tmp_path: Path, monkeypatch):
+    from rnnrbm_cli import sample as sample_module
+
+    monkeypatch.setattr(sample_module, "PROGRESS_SECONDS", 0.0)  # a line for every block of audio
+    r = run("sample", ckpt, tmp_path / "out.mid", "--steps", 400, "--k", 1, "--seed", 0, "--num", 2, "--wav")
+    assert r.exit_code == 0, r.stderr
+    lines = r.stderr.splitlines()  # CliRunner's stderr is no terminal
+    generated = next(i for i, line in enumerate(lines) if line.startswith("generated in "))
+    assert lines[generated].endswith(" s; writing 2 pieces")
+    ready = [i for i, line in enumerate(lines) if line.startswith("piece ")]
+    assert [lines[i] for i in ready] == ["piece 1 of 2 ready: out-001.mid, out-001.wav",
+                                         "piece 2 of 2 ready: out-002.mid, out-002.wav"]
+    rendering = [line for line in lines[generated:ready[0]] if line.startswith("out-001.wav: rendering audio, ")]
+    assert len(rendering) >= 2, r.stderr  # 120 s of audio is 81 blocks, rendered twice
+    shares = [int(line.split(", ")[-1].rstrip("%")) for line in rendering]
+    assert shares == sorted(shares) and shares[-1] < 100
+
+
+def test_a_piece_too_long_for_fluidsynth_is_played_by_the_builtin_synth(tmp_path: Path, monkeypatch):
+    from rnnrbm_cli import synth
+    from rnnrbm_cli.pianoroll import roll_to_midi
+
+    monkeypatch.setattr(synth, "fluidsynth_problem", lambda: None)  # as if FluidSynth were installed
+    monkeypatch.setattr(synth, "find_soundfont", lambda: tmp_path / "piano.sf2")
+    monkeypatch.setattr(synth, "_fluidsynth", lambda midi, rate, soundfont: np.full(rate, 0.5))
+    monkeypatch.setattr(synth, "FLUIDSYNTH_MAX_SECONDS", 6.0)
+    roll = np.zeros((30, 88), np.uint8)
+    roll[:, 39] = 1
+    short = synth.render_wav(roll_to_midi(roll[:20], 0.3), tmp_path / "short.wav")
+    assert (short.method, short.soundfont, short.reason, short.frames) == ("fluidsynth", tmp_path / "piano.sf2", None, 44100)
+    long = synth.render_wav(roll_to_midi(roll, 0.3), tmp_path / "long.wav")
+    assert (long.method, long.soundfont) == ("builtin", None)
+    assert long.reason == ("FluidSynth renders a piece whole in memory, at most 0.1 minutes, and this one lasts 0.1 "
+                           "(sample fewer --steps or --seconds for FluidSynth's sound)")
+    with wave.open(str(tmp_path / "long.wav")) as w:
+        assert w.getnframes() == long.frames == synth.builtin_length(9.0)
+        assert (np.frombuffer(w.readframes(w.getnframes()), "<i2") != 0).any()
+
+
 # -- refusing ----------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -302,3 +303,31 @@ def test_divergence_in_the_first_epoch_does_not_claim_a_checkpoint(toy_npz, tmp_
     ref.append(trainer)
     with pytest.raises(TrainingDiverged, match="no checkpoint had been written yet"):
         trainer.train()
+
+
+def test_every_epoch_line_says_the_time_the_whole_run_has_left(toy_npz, tmp_path):
+    result = run_cli("train", "--data", toy_npz, "--run-dir", tmp_path / "run", "--n-hidden", 8, "--n-recurrent", 4,
+                     "--k", 1, "--chunk", 12, "--eval-every", 0, "--device", "cpu", "--backend", "torch",
+                     "--pretrain-rbm-epochs", 1, "--pretrain-rnn-epochs", 1, "--epochs", 2)
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "train monitor" in line]  # CliRunner: no terminal
+    assert [line.split("epoch")[1].split()[0] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all(re.search(r"  ETA \d+ (s|min)$", line) for line in lines[:3]), lines
+    assert "ETA" not in lines[3]  # nothing is left
+
+
+def test_the_run_eta_counts_every_stage_left_at_its_own_pace():
+    from rnnrbm_cli.cli_train import RunEta, _short_duration
+
+    eta = RunEta([["rbm", 2], ["rnn", 3], ["fine", 10]])
+    assert eta.left(0) is None  # nothing timed yet
+    eta.done("rbm", 1, 4.0)
+    assert eta.left(1) == 4.0 * (1 + 3 + 10)  # the stages to come at the pace of the epochs so far
+    eta.done("rbm", 2, 2.0)
+    eta.done("rnn", 3, 9.0)
+    # rnn: 2 more at its own 9 s; fine: 10 at the mean of every epoch so far, (4 + 2 + 9) / 3
+    assert eta.left(3) == 2 * 9.0 + 10 * 5.0
+    for epoch in range(4, 16):
+        eta.done("rnn" if epoch <= 5 else "fine", epoch, 60.0)
+    assert eta.left(15) is None
+    assert [_short_duration(s) for s in (44.6, 720, 3900)] == ["45 s", "12 min", "1 h 05 min"]
