@@ -18,9 +18,12 @@ import torch
 from rnnrbm_cli.errors import RnnrbmError
 from rnnrbm_cli.prepared import FrameTable
 
-# Bytes of an on-disk table read between two drops of its pages from this process (the
-# page cache keeps them; a later read maps them again without touching the disk).
+# Bytes of an on-disk table mapped between two drops of its pages from this process (the
+# page cache keeps them; a later read maps them again without touching the disk). A read
+# maps more than it reads: the kernel maps the cached pages around a fault too (its
+# fault_around_bytes, 64 KiB by default), so each chunk counts that much more on either side.
 RESIDENT_BYTES = 32 * 2**20
+FAULT_AROUND = 64 * 2**10
 # Frames per block when compiled code runs over a whole on-disk split (the monitor).
 BLOCK_FRAMES = 1 << 16
 
@@ -84,7 +87,7 @@ class ChunkedData:
         self.n_frames = int(lengths.sum())
         self.chunk = chunk
         self.device = device
-        self._read = 0  # bytes read since the table's pages were last dropped
+        self._read = 0  # bytes mapped (at most) since the table's pages were last dropped
 
     def _gather(self, starts: np.ndarray, lengths: np.ndarray, T: int | None = None) -> np.ndarray:
         """On disk: the chunks frames[starts[b] : starts[b] + lengths[b]] as float32, either
@@ -101,7 +104,7 @@ class ChunkedData:
             out = np.zeros((len(starts), T, rolls.shape[1]), np.float32)
             for b, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
                 out[b, :n] = rolls[s : s + n]
-        self._read += int(lengths.sum()) * rolls.shape[1]
+        self._read += int(lengths.sum()) * rolls.shape[1] + 2 * FAULT_AROUND * len(lengths)
         if self._read >= RESIDENT_BYTES and self.table.mapping is not None:
             # A read-only file mapping: the pages come back from the file when read again.
             self.table.mapping.madvise(mmap.MADV_DONTNEED)
