@@ -1,25 +1,48 @@
 """Training and validation data as the loop and the engines see it: one frame table, cut
 into chunks of at most ``chunk`` frames, gathered into padded batches.
+
+The table is in memory (a float tensor on the device), or, for data prepared in the mmap
+format, the uint8 rolls on disk: then only the chunks of a batch are read and converted,
+and the pages read are dropped from this process as it goes, so that an epoch over data
+larger than memory never holds more than a few batches of it.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import mmap
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from rnnrbm_cli.errors import RnnrbmError
+from rnnrbm_cli.prepared import FrameTable
+
+# Bytes of an on-disk table mapped between two drops of its pages from this process (the
+# page cache keeps them; a later read maps them again without touching the disk). A read
+# maps more than it reads: the kernel maps the cached pages around a fault too (its
+# fault_around_bytes, 64 KiB by default), so each chunk counts that much more on either side.
+RESIDENT_BYTES = 32 * 2**20
+FAULT_AROUND = 64 * 2**10
+# Frames per block when compiled code runs over a whole on-disk split (the monitor).
+BLOCK_FRAMES = 1 << 16
 
 
 class ChunkedData:
-    """A split's sequences as one frame tensor on the device, cut into chunks.
+    """A split's sequences as one frame table, cut into chunks.
 
-    frames : (N + 1, n_visible) float, all sequences concatenated, plus one zero row
-    that padding indices point at. chunks : (C, 2) int64 (start, length) in frames.
+    In memory: frames : (N + 1, n_visible) float tensor on the device, all sequences
+    concatenated, plus one zero row that padding indices point at. On disk (``table``, a
+    split of the mmap format; ``sequences`` is then unused): frames is None and rolls is
+    the (N, n_visible) uint8 table. chunks : (C, 2) int64 (start, length) in frames.
     """
 
-    def __init__(self, sequences: Sequence[np.ndarray], chunk: int, device: torch.device) -> None:
+    def __init__(self, sequences: Sequence[np.ndarray] | None, chunk: int, device: torch.device,
+                 table: FrameTable | None = None) -> None:
+        if table is not None:
+            self._init_on_disk(table, chunk, device)
+            return
+        self.table = None
         if not sequences:
             raise RnnrbmError("the training data has no sequences.")
         rolls = np.concatenate([np.asarray(s, dtype=np.float32) for s in sequences] + [np.zeros((1, sequences[0].shape[1]), np.float32)])
@@ -43,8 +66,58 @@ class ChunkedData:
         self.chunk = chunk
         self.device = device
 
+    def _init_on_disk(self, table: FrameTable, chunk: int, device: torch.device) -> None:
+        lengths = np.asarray(table.lengths, np.int64)
+        if not len(lengths):
+            raise RnnrbmError("the training data has no sequences.")
+        self.table, self.frames, self.rolls = table, None, table.rolls
+        self.pad_row = None
+        self.binary = True  # load_prepared checked every value to be 0 or 1
+        # chunk j of sequence i starts at offset[i] + j * chunk: the loop of __init__, vectorised
+        per_seq = -(-lengths // chunk)  # ceil; a sequence of 0 frames has no chunk
+        seq_of_chunk = np.repeat(np.arange(len(lengths)), per_seq)
+        first = np.cumsum(per_seq) - per_seq
+        j = np.arange(int(per_seq.sum())) - np.repeat(first, per_seq)
+        offsets = np.cumsum(lengths) - lengths
+        starts = offsets[seq_of_chunk] + j * chunk
+        sizes = np.minimum(chunk, lengths[seq_of_chunk] - j * chunk)
+        self.chunks = torch.from_numpy(np.stack([starts, sizes], 1).astype(np.int64).reshape(-1, 2))
+        self.seq_of_chunk = torch.from_numpy(seq_of_chunk.astype(np.int64))
+        self.n_sequences = len(lengths)
+        self.n_frames = int(lengths.sum())
+        self.chunk = chunk
+        self.device = device
+        self._read = 0  # bytes mapped (at most) since the table's pages were last dropped
+
+    def _gather(self, starts: np.ndarray, lengths: np.ndarray, T: int | None = None) -> np.ndarray:
+        """On disk: the chunks frames[starts[b] : starts[b] + lengths[b]] as float32, either
+        one after another, (sum of lengths, n_visible), or padded with zeros to T,
+        (B, T, n_visible)."""
+        rolls = self.rolls
+        if T is None:
+            out = np.empty((int(lengths.sum()), rolls.shape[1]), np.float32)
+            at = 0
+            for s, n in zip(starts.tolist(), lengths.tolist()):
+                out[at : at + n] = rolls[s : s + n]
+                at += n
+        else:
+            out = np.zeros((len(starts), T, rolls.shape[1]), np.float32)
+            for b, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
+                out[b, :n] = rolls[s : s + n]
+        self._read += int(lengths.sum()) * rolls.shape[1] + 2 * FAULT_AROUND * len(lengths)
+        if self._read >= RESIDENT_BYTES and self.table.mapping is not None:
+            # A read-only file mapping: the pages come back from the file when read again.
+            self.table.mapping.madvise(mmap.MADV_DONTNEED)
+            self._read = 0
+        return out
+
     def batch(self, chunk_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Frames (B, T, n_visible) and lengths (B,) (None when B = 1: nothing to mask)."""
+        if self.table is not None:
+            starts, lengths = self.spans(chunk_ids)
+            T = int(lengths.max())
+            v = torch.from_numpy(self._gather(starts, lengths, T)).to(self.device)
+            return v, (None if len(lengths) == 1 else torch.from_numpy(lengths).to(self.device))
         if len(chunk_ids) == 1:
             start, length = self.chunks[int(chunk_ids[0])].tolist()
             return self.frames[start : start + length].unsqueeze(0), None
@@ -60,6 +133,30 @@ class ChunkedData:
         (what compiled code takes instead of a padded batch)."""
         sel = self.chunks.numpy()[chunk_ids.numpy()]
         return np.ascontiguousarray(sel[:, 0]), np.ascontiguousarray(sel[:, 1])
+
+    def frame_spans(self, chunk_ids: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What compiled code reads: frames (N, n_visible) float32 0/1 on the CPU, and the
+        chunks' starts and lengths in them (``spans``). In memory, the whole table; on disk,
+        just these chunks, read and converted now, one after another."""
+        starts, lengths = self.spans(chunk_ids)
+        if self.table is None:
+            return self.frames.numpy(), starts, lengths
+        local = np.cumsum(lengths) - lengths
+        return self._gather(starts, lengths), local.astype(np.int64), lengths
+
+    def frame_blocks(self, chunk_ids: torch.Tensor) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``frame_spans`` of ``chunk_ids`` in blocks: one in memory, blocks of about
+        BLOCK_FRAMES frames on disk (what compiled code reads over a whole split)."""
+        if self.table is None:
+            yield self.frame_spans(chunk_ids)
+            return
+        sizes = self.chunks[chunk_ids, 1].numpy()
+        ends = np.cumsum(sizes)
+        begin = 0
+        while begin < len(chunk_ids):
+            end = max(begin + 1, int(np.searchsorted(ends, ends[begin] - sizes[begin] + BLOCK_FRAMES, side="right")))
+            yield self.frame_spans(chunk_ids[begin:end])
+            begin = end
 
     def epoch_order(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         """The chunk order of one epoch: sequences shuffled (the tutorial), their chunks in

@@ -285,8 +285,13 @@ def _workers(ctx, param, value: str) -> int:
               help="MIDI only: transpose each file to C major / C minor (default none).")
 @click.option("--pedal", is_flag=True, default=False,
               help="MIDI only: hold notes while the sustain pedal (CC 64) is down (default: notes end at note-off).")
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Output .npz (default: in the cache, named after the source and grid).")
+@click.option("--out", type=click.Path(writable=True), default=None,
+              help="Output .npz, or .rnnrbm folder for --format mmap (default: in the cache, named after the "
+                   "source and grid).")
+@click.option("--format", "format_", type=click.Choice(["auto", "npz", "mmap"]), default="auto", show_default=True,
+              help="npz: one compressed file, read into memory; mmap: a .rnnrbm folder that training and "
+                   "evaluation read memory-mapped, for data larger than memory; auto: by --out's suffix, "
+                   "else mmap from 1 GiB of rolls.")
 @click.option("--split-ratios", callback=_split_ratios, default=None, metavar="TRAIN,VALID,TEST",
               help="Unsplit MIDI folder only: shares of a seeded shuffle (default 0.8,0.1,0.1).")
 @click.option("--seed", type=SEED, default=None, help="Unsplit MIDI folder only: seed of that shuffle (default 0).")
@@ -301,12 +306,12 @@ def _workers(ctx, param, value: str) -> int:
 @_cache_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the path.")
 def prepare(name_or_path, source_kind, dt, beat_division, transpose, pedal, out, split_ratios, seed, max_frames,
-            max_member_mb, workers, mirror, cache_dir, as_json):
-    """Turn a dataset or MIDI files into train/valid/test piano-rolls (.npz).
+            max_member_mb, workers, mirror, cache_dir, as_json, format_):
+    """Turn a dataset or MIDI files into train/valid/test piano-rolls (.npz or .rnnrbm).
 
     NAME_OR_PATH is a registry dataset (fetched first if need be), a .mat of rolls, an
     original .pickle, a .zip of MIDI files in <Name>/{train,valid,test}/, or a folder of
-    your own MIDI files. Prints the path of the .npz; a summary goes to stderr. A MIDI
+    your own MIDI files. Prints the path of the .npz (or .rnnrbm folder); a summary goes to stderr. A MIDI
     file that cannot be read, is larger than --max-member-mb or would be longer than
     --max-frames is skipped with a warning naming it, and the rest are prepared.
 
@@ -332,7 +337,7 @@ def prepare(name_or_path, source_kind, dt, beat_division, transpose, pedal, out,
     result = prepare_data(
         name_or_path, source_kind=source_kind, dt=dt, beat_division=beat_division,
         transpose=transpose, pedal=pedal, out=out, cache_dir=cache_dir, mirror=mirror,
-        split_ratios=split_ratios, seed=seed, on_warning=warn, workers=workers, **limits,
+        split_ratios=split_ratios, seed=seed, on_warning=warn, workers=workers, format=format_, **limits,
     )
     if as_json:
         print_json(result.as_json())

@@ -27,7 +27,7 @@ from rnnrbm_cli.cli import (
 @click.option("--k", type=click.IntRange(1, _MAX_K), default=25, show_default=True, help="Gibbs steps per generated frame.")
 @click.option("--num", type=click.IntRange(min=1), default=1, show_default=True, help="Pieces, sampled in one batch: OUT-001.mid, OUT-002.mid, ...")
 @click.option("--seed", type=SEED, help="Seed of the sampler; the same seed writes the same files.  [default: random, reported]")
-@click.option("--primer", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="MIDI file or prepared .npz that every piece begins with and continues.")
+@click.option("--primer", type=click.Path(exists=True, path_type=Path), help="MIDI file or prepared .npz (or .rnnrbm) that every piece begins with and continues.")
 @click.option("--primer-steps", type=click.IntRange(min=1), help="Use only the primer's first N frames.")
 @click.option("--split", help="Split of an .npz primer.  [default: test]")
 @click.option("--index", type=click.IntRange(min=0), help="Sequence of that split.  [default: 0]")
@@ -80,7 +80,7 @@ def sample_cmd(checkpoint: Path, out: Path, as_json: bool, **options) -> None:
 
 
 @cli.command("plot")
-@click.argument("source", type=click.Path(path_type=Path), metavar="FILE.mid|FILE.npz|RUN_DIR")
+@click.argument("source", type=click.Path(path_type=Path), metavar="FILE.mid|FILE.npz|DATA.rnnrbm|RUN_DIR")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG file to write.  [default: beside the input: FILE.png, FILE-SPLIT-INDEX.png, RUN_DIR/training.png]")
 @click.option("--split", help="Split of a prepared .npz.  [default: test]")

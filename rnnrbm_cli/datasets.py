@@ -47,7 +47,8 @@ from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.pianoroll import DEFAULT_DT, MAX_FRAMES, MAX_MIDI_BYTES, TRANSPOSE_MODES
 from rnnrbm_cli.readers import SPLITS, read_mat, read_pickle  # noqa: F401  (re-exported)
 from rnnrbm_cli.prepared import (  # noqa: F401  (re-exported: the prepared file is prepared.py's)
-    FORMAT, PreparedData, _summary, _write_prepared, content_sha256, load_prepared, load_sequence, write_prepared,
+    FORMAT, FORMATS, MMAP_BYTES, MMAP_SUFFIX, FrameTable, PreparedData, _summary, _write_prepared, choose_format,
+    content_sha256, is_prepared_path, load_prepared, load_sequence, prepared_sha256, rolls_bytes, write_prepared,
 )
 
 SOURCE_KINDS = registry.FORMS  # "rolls", "pickle", "midi"
@@ -57,7 +58,7 @@ SOURCE_KINDS = registry.FORMS  # "rolls", "pickle", "midi"
 class PrepareResult:
     """What prepare wrote, and what it had to leave out."""
 
-    path: Path  # the prepared .npz
+    path: Path  # the prepared .npz or .rnnrbm folder
     splits: dict[str, dict[str, int]]  # split -> {"sequences": N, "frames": N}
     meta: dict  # as stored in the file
     skipped_files: list[str] = field(default_factory=list)  # unreadable inputs, by name
@@ -105,8 +106,10 @@ def prepare(
     progress: bool = True,
     on_warning: Callable[[str], None] | None = None,
     workers: int = 1,
+    format: str = "auto",
 ) -> PrepareResult:
-    """Turn a dataset or a MIDI collection into a prepared ``.npz``; return where it is.
+    """Turn a dataset or a MIDI collection into a prepared ``.npz`` or ``.rnnrbm`` folder;
+    return where it is.
 
     Parameters
     ----------
@@ -157,6 +160,12 @@ def prepare(
         its meta are the same whatever the number: it is not recorded. Rolls and pickles
         are read in one go and ignore it. With more than 1, a script that calls prepare
         must do so under ``if __name__ == "__main__":`` (the workers are spawned).
+    format : {"auto", "npz", "mmap"}
+        "npz": one compressed file, read into memory. "mmap": a ``.rnnrbm`` folder of
+        uncompressed arrays that training and evaluation read memory-mapped, for data larger
+        than memory (the default name ends ``.rnnrbm`` instead of ``.npz``). "auto" (the
+        default): by ``out``'s suffix if given, else mmap from ``MMAP_BYTES`` (1 GiB) of
+        rolls up. The rolls are still gathered in memory as uint8 before they are written.
 
     Rolls and pickles are already on their dataset's beat grid and transposed to C by its
     authors; dt, beat_division, transpose and pedal raise RnnrbmUsageError for them, as do
@@ -172,6 +181,7 @@ def prepare(
     whose authors do not say), skipped_files, dropped_notes (notes outside 21..108, left
     out), created_by and content_sha256 (of the rolls written, see ``content_sha256``).
     """
+    choose_format(format, out, 0)  # a format or --out that cannot be, refused before any work
     if transpose is not None and transpose not in TRANSPOSE_MODES:
         raise RnnrbmUsageError(f"transpose must be one of {', '.join(TRANSPOSE_MODES)}, not {transpose!r}.")
     if dt is not None and beat_division is not None:
@@ -265,7 +275,9 @@ def prepare(
             label, src.kind, dt=grid["dt"], beat_division=grid["beat_division"],
             transpose=transpose, pedal=bool(pedal), cache_dir=cache_dir,
         )
-    out, meta = _write_prepared(out, splits, meta)
+        if choose_format(format, None, rolls_bytes(splits)) == "mmap":
+            out = out.with_suffix(MMAP_SUFFIX)
+    out, meta = _write_prepared(out, splits, meta, format)
     if not splits.get("valid"):
         counts = "/".join(str(len(splits.get(name) or [])) for name in ("train", "valid", "test"))
         message = (f"the valid split is empty (train/valid/test: {counts} sequences), so training on {out} selects no "
@@ -410,9 +422,10 @@ def resolve_data(
     mirror: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> Path:
-    """The one resolver: the prepared ``.npz`` that ``data`` means, made if need be.
+    """The one resolver: the prepared ``.npz`` (or ``.rnnrbm`` folder) that ``data`` means,
+    made if need be.
 
-    - a prepared ``.npz``: itself;
+    - a prepared ``.npz`` or ``.rnnrbm`` folder: itself;
     - a raw file or folder (``.mat``, ``.pickle``, a ``.zip`` or folder of MIDI files):
       prepared with the defaults (``dt`` if given) into the cache, as ``rnnrbm prepare`` would;
     - a registry name: its benchmark rolls, or with ``source = "midi"`` its source MIDI
@@ -420,19 +433,19 @@ def resolve_data(
       the cache once, then reused.
     """
     path = Path(data).expanduser()
-    if path.is_file() and path.suffix.lower() == ".npz":
+    if (path.is_file() and path.suffix.lower() == ".npz") or (path.is_dir() and path.suffix.lower() == MMAP_SUFFIX):
         return path
     if path.exists():
         return prepare(path, dt=dt, cache_dir=cache_dir, mirror=mirror, progress=progress).path
     name = str(data)
-    if path.suffix.lower() == ".npz" or os.sep in name or "/" in name:
+    if is_prepared_path(path) or os.sep in name or "/" in name:
         raise RnnrbmError(f"{name}: no such file or folder.")
     dataset = registry.get_dataset(name)
     if source == "midi" or dt is not None:
         dt = DEFAULT_DT if dt is None else dt
         default = prepared_path(dataset.name, "midi", dt=dt, transpose="none", cache_dir=cache_dir)
-        if default.is_file():
-            return default
+        if _made(default):
+            return _made(default)
         return prepare(dataset.name, source_kind="midi", dt=dt, transpose="none", out=default, cache_dir=cache_dir,
                        mirror=mirror, progress=progress).path
     kind = _default_kind(dataset)
@@ -442,9 +455,17 @@ def resolve_data(
         default = prepared_path(
             dataset.name, kind, beat_division=dataset.beat_division, transpose="c", cache_dir=cache_dir
         )
+    if _made(default):
+        return _made(default)
+    return prepare(dataset.name, source_kind=kind, cache_dir=cache_dir, mirror=mirror, progress=progress).path
+
+
+def _made(default: Path) -> Path | None:
+    """The prepared data at ``default`` (a .npz name), or beside it as a ``.rnnrbm`` folder."""
     if default.is_file():
         return default
-    return prepare(dataset.name, source_kind=kind, cache_dir=cache_dir, mirror=mirror, progress=progress).path
+    folder = default.with_suffix(MMAP_SUFFIX)
+    return folder if folder.is_dir() else None
 
 
 def checkpoint_data(
@@ -466,7 +487,7 @@ def checkpoint_data(
         return resolve_data(data, cache_dir=cache_dir, mirror=mirror, progress=progress)
     meta = payload.get("data") if isinstance(payload.get("data"), dict) else {}
     path = meta.get("path")
-    if isinstance(path, str) and Path(path).is_file():
+    if isinstance(path, str) and Path(path).exists():
         check_checkpoint_data(payload, path)
         return Path(path)
     settings = payload.get("settings") if isinstance(payload.get("settings"), dict) else {}
@@ -496,7 +517,7 @@ def check_checkpoint_data(payload: dict[str, Any], path: str | os.PathLike) -> N
     if not isinstance(file_sha, str) and not isinstance(rolls_sha, str):
         return
     path = Path(path)
-    file_now = _sha256(path)
+    file_now = prepared_sha256(path)
     if file_now == file_sha:
         return
     rolls_now = load_prepared(path).meta["content_sha256"]

@@ -131,7 +131,9 @@ def conditional_frames(
     first = next(model.parameters())
     device, dtype = first.device, first.dtype
     n_v = model.config.n_visible
-    rolls = [torch.as_tensor(np.asarray(s) if not isinstance(s, Tensor) else s) for s in sequences]
+    # a read-only roll (a view of an mmap prepared folder) is copied: torch warns of any other
+    rolls = [s if isinstance(s, Tensor) else torch.as_tensor(np.asarray(s) if np.asarray(s).flags.writeable else np.array(s))
+             for s in sequences]
     for i, r in enumerate(rolls):
         if r.ndim != 2 or r.shape[1] != n_v:
             raise ValueError(f"sequence {i} has shape {tuple(r.shape)}; the model expects (T, {n_v}).")

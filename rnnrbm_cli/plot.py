@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MultipleLocator
 
 from rnnrbm_cli._io import atomic_path
+from rnnrbm_cli.prepared import is_prepared_path
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.models import DEFAULT_MODEL_TYPE
 from rnnrbm_cli.pianoroll import Grid, check_dt
@@ -257,14 +258,14 @@ class PlotResult:
 def default_output(source: str | os.PathLike, *, split: str | None = None, index: int | None = None) -> Path:
     """Where a figure of ``source`` goes without ``-o``: beside the input.
 
-    ``song.mid`` -> ``song.png``; ``data.npz`` with split and index -> ``data-test-003.png``;
+    ``song.mid`` -> ``song.png``; ``data.npz`` (or ``data.rnnrbm``) with split and index -> ``data-test-003.png``;
     a run directory -> ``RUN_DIR/training.png``.
     """
     source = Path(source)
+    if is_prepared_path(source):
+        return source.with_name(f"{source.stem}-{split}-{index:03d}.png")
     if source.is_dir():
         return source / "training.png"
-    if source.suffix.lower() == ".npz":
-        return source.with_name(f"{source.stem}-{split}-{index:03d}.png")
     return source.with_suffix(".png")
 
 
@@ -302,10 +303,11 @@ def plot_file(
     source = Path(source)
     if not source.exists():
         raise RnnrbmError(f"{source} does not exist.")
-    is_run = source.is_dir()
-    if (split is not None or index is not None) and (is_run or source.suffix.lower() != ".npz"):
+    prepared = is_prepared_path(source)  # a .npz, or a .rnnrbm folder
+    is_run = source.is_dir() and not prepared
+    if (split is not None or index is not None) and not prepared:
         raise RnnrbmUsageError("--split and --index choose a sequence of a prepared .npz file; drop them for other inputs.")
-    if dt is not None and (is_run or source.suffix.lower() == ".npz"):
+    if dt is not None and (is_run or prepared):
         raise RnnrbmUsageError("--dt sets the sampling of a MIDI file; a prepared .npz or a run directory has its own grid.")
     if show:
         problem = display_problem()
@@ -324,7 +326,7 @@ def plot_file(
         _check_target(target, force)
         fig = curves_figure(metrics, title=title, width=size[0], height=size[1], dpi=dpi, interactive=interactive)
     else:
-        if source.suffix.lower() == ".npz":
+        if prepared:
             from rnnrbm_cli.datasets import load_sequence
 
             kind = "npz"

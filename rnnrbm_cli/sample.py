@@ -39,6 +39,7 @@ from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.models import record_of
 from rnnrbm_cli.models.base import tempered
 from rnnrbm_cli.pianoroll import N_KEYS, Grid, check_same_grid, tonic_of, transpose_from_c
+from rnnrbm_cli.prepared import is_prepared_path
 
 MIDI_SUFFIXES = (".mid", ".midi")
 DEFAULT_STEPS = 200  # frames generated when neither --steps nor --seconds is given
@@ -155,10 +156,10 @@ def load_primer(
     data = data or {}
     if steps is not None and steps < 1:
         raise RnnrbmUsageError(f"--primer-steps must be at least 1, not {steps}.")
-    if source.suffix.lower() == ".npz":
+    if is_prepared_path(source):
         from rnnrbm_cli.datasets import check_checkpoint_data, load_sequence
 
-        if not source.is_file():
+        if not source.exists():
             raise RnnrbmError(f"primer {source} does not exist.")
         roll, split, index, meta = load_sequence(source, split, index)
         _check_same_grid(source, meta, data)

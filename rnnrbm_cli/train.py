@@ -12,13 +12,13 @@ raised (the CLI sets it from SIGINT/SIGTERM). The run directory's files are ``ru
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rnnrbm_cli import rundir
@@ -33,6 +33,7 @@ from rnnrbm_cli.config import Settings, differences, read_settings_file, resolve
 from rnnrbm_cli.distributed import DataParallel
 from rnnrbm_cli.engines import objective_for
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
+from rnnrbm_cli.prepared import is_prepared_path, prepared_sha256
 from rnnrbm_cli.selection import ModelSelection, ParameterAverage
 from rnnrbm_cli.stages import STAGE_NAMES, Stage, StagePlan, fine_tuning_optimizer, schedule, step_schedule
 
@@ -132,16 +133,15 @@ def _data_meta(data, data_path: Path | None) -> dict[str, Any]:
     if data_path is not None:
         meta["path"] = str(data_path)
         try:
-            with open(data_path, "rb") as f:
-                meta["sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
-        except OSError:
+            meta["sha256"] = prepared_sha256(data_path)
+        except RnnrbmError:
             pass
     return meta
 
 
 def default_run_name(settings: Settings) -> str:
     d = settings.data
-    name = Path(d.data).stem if d.data.endswith(".npz") else Path(d.data).name or "data"
+    name = Path(d.data).stem if is_prepared_path(d.data) else Path(d.data).name or "data"
     return name + ("-midi" if d.source == "midi" else "")
 
 
@@ -176,9 +176,11 @@ class Trainer:
         self.data_meta = _data_meta(data, data_path)
         o = settings.optim
         self.train_sequences = data.splits["train"]
-        self.train_data = ChunkedData(self.train_sequences, o.chunk, device)
+        # data prepared in the mmap format stays on disk: chunks are read as they are used
+        self.on_disk = getattr(data, "on_disk", {})
+        self.train_data = ChunkedData(self.train_sequences, o.chunk, device, self.on_disk.get("train"))
         valid = data.splits.get("valid") or []
-        self.valid_data = ChunkedData(valid, o.chunk, device) if valid else None
+        self.valid_data = ChunkedData(valid, o.chunk, device, self.on_disk.get("valid")) if valid else None
         self.valid_sequences = valid
         seed = settings.run.seed
         # A local generator: building the model never touches torch's global seed.
@@ -238,14 +240,22 @@ class Trainer:
             stage.objective = DataParallel(stage.objective, stage.params, self.world)
         return stage
 
+    def _frames_apart(self, split: str) -> ChunkedData | None:
+        """Every frame of a split its own sequence of one frame (the RBM's pretraining)."""
+        table = self.on_disk.get(split)
+        if table is not None and len(table.rolls):  # the same, without a Python object per frame
+            return ChunkedData(None, 1, self.device, table._replace(lengths=np.ones(len(table.rolls), np.int64)))
+        sequences = self.train_sequences if split == "train" else self.valid_sequences
+        if not sequences:
+            return None
+        return ChunkedData([f[None] for s in sequences for f in s], 1, self.device)
+
     def _build_stage(self, name: str) -> Stage:
         optim, model = self.settings.optim, self.model
         backend, parts = self.settings.run.backend, model.parameter_parts()
         if name == "rbm":
             # every frame its own sequence: chunks of one frame, shuffled, `chunk` per update
-            frames = [f[None] for s in self.train_sequences for f in s]
-            data = ChunkedData(frames, 1, self.device)
-            valid = ChunkedData([f[None] for s in self.valid_sequences for f in s], 1, self.device) if self.valid_sequences else None
+            data, valid = self._frames_apart("train"), self._frames_apart("valid")
             objective = objective_for(model, data, k=optim.k, backend=backend, generator=self.gibbs_gen, valid=valid)
             params = parts["frame"]
             optimizer = torch.optim.SGD(params, lr=optim.pretrain_rbm_lr, momentum=optim.momentum, nesterov=optim.momentum > 0)

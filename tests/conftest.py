@@ -272,3 +272,44 @@ def make_trainer(toy_npz, run_dir, callbacks=None, stop=None, **kw):
                       callbacks, stop)
     trainer.start_run_dir("test")
     return trainer
+
+
+def run_measured(tmp_path: Path, *args: str, address_space: int | None = None, timeout: float = 120):
+    """``rnnrbm ARGS`` in a child process (its address space capped at ``address_space``
+    bytes if given: a regression dies of MemoryError, not the machine); returns (the
+    CompletedProcess, the child's peak RSS in MB)."""
+    import resource
+    import subprocess
+    import sys
+
+    peak_file = tmp_path / "peak-rss-kb"
+    # The peak of this process's own memory: VmHWM (ru_maxrss also counts the pytest parent's
+    # resident size at the fork, which grows with the tests run before).
+    child = (
+        "import resource, sys\n"
+        "from rnnrbm_cli.cli import cli\n"
+        "def peak_kb():\n"
+        "    try:\n"
+        "        for line in open('/proc/self/status'):\n"
+        "            if line.startswith('VmHWM:'):\n"
+        "                return int(line.split()[1])\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    cli(sys.argv[1:], prog_name='rnnrbm')\n"
+        "finally:\n"
+        f"    open({str(peak_file)!r}, 'w').write(str(peak_kb()))\n"
+    )
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), RNNRBM_CACHE_DIR=str(tmp_path / "cache"))
+    result = subprocess.run(
+        [sys.executable, "-c", child, *args],
+        env=env, preexec_fn=cap if address_space is not None else None, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )
+    return result, int(peak_file.read_text()) / 1024  # KiB

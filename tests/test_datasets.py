@@ -34,7 +34,7 @@ from rnnrbm_cli.datasets import (
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.pianoroll import midi_to_roll, read_midi
 
-from conftest import midi_bytes, run
+from conftest import midi_bytes, one_sentence_error, run
 
 SPLITS = ("train", "valid", "test")
 
@@ -515,6 +515,114 @@ def test_nothing_is_written_when_writing_fails(tmp_path, monkeypatch):
         prepare(songs, out=out, progress=False)
     assert out.read_bytes() == b"previous content"
     assert [p.name for p in out.parent.iterdir()] == ["songs.npz"]
+
+
+# -- the mmap format: a .rnnrbm folder read memory-mapped --------------------------------
+
+
+def songs_folder(tmp_path: Path) -> Path:
+    """MIDI files in train/valid/test folders: two songs of 3 frames and one of 2 at dt 0.3."""
+    short = midi_bytes((62, 0.0, 0.6))
+    root = tmp_path / "songs"
+    for split, files in (("train", [GOOD, short]), ("valid", [GOOD]), ("test", [short])):
+        (root / split).mkdir(parents=True)
+        for i, data in enumerate(files):
+            (root / split / f"{i}.mid").write_bytes(data)
+    return root
+
+
+def test_mmap_and_npz_of_a_midi_folder_hold_the_same_data(tmp_path):
+    songs = songs_folder(tmp_path)
+    npz = prepare(songs, out=tmp_path / "s.npz", format="npz", progress=False)
+    mm = prepare(songs, out=tmp_path / "s.rnnrbm", format="mmap", progress=False)
+    assert mm.path.is_dir() and sorted(p.name for p in mm.path.iterdir()) == sorted(
+        ["meta.json"] + [f"{s}_{k}.npy" for s in SPLITS for k in ("rolls", "lengths")])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    a, b = load_prepared(npz.path), load_prepared(mm.path)
+    assert a.meta == b.meta == npz.meta == mm.meta  # content_sha256 included: the same rolls
+    assert a.summary() == b.summary() == {
+        "train": {"sequences": 2, "frames": 5}, "valid": {"sequences": 1, "frames": 3}, "test": {"sequences": 1, "frames": 2}}
+    for split in SPLITS:
+        assert len(a.splits[split]) == len(b.splits[split])
+        for x, y in zip(a.splits[split], b.splits[split]):
+            np.testing.assert_array_equal(x, y)
+    expected = np.zeros((2, 88), np.uint8)
+    expected[:, 62 - 21] = 1
+    np.testing.assert_array_equal(b.splits["test"][0], expected)
+    # views of the mapping, not copies; plain np.load reads the arrays too
+    table = b.on_disk["train"]
+    assert np.shares_memory(b.splits["train"][1], table.rolls) and not table.rolls.flags.writeable
+    assert a.on_disk == {}
+    on_disk = np.load(mm.path / "train_rolls.npy", mmap_mode="r")
+    np.testing.assert_array_equal(on_disk, np.concatenate(a.splits["train"]))
+
+
+def test_the_format_follows_the_name_or_the_size(tmp_path, monkeypatch):
+    songs = songs_folder(tmp_path)
+    assert prepare(songs, out=tmp_path / "by-name.rnnrbm", progress=False).path.is_dir()
+    assert prepare(songs, out=tmp_path / "by-name.npz", progress=False).path.is_file()
+    default = prepare(songs, progress=False).path
+    assert default.suffix == ".npz" and default.is_file()  # small: the .npz, as before
+    monkeypatch.setattr(prepared, "MMAP_BYTES", 10 * 88)  # 10 frames count as large
+    big = prepare(songs, progress=False).path
+    assert big == default.with_suffix(".rnnrbm") and big.is_dir()
+    assert resolve_data(big) == big and resolve_data(songs) == big  # a .rnnrbm is prepared data, not MIDI
+    with pytest.raises(RnnrbmUsageError, match="mmap format is written to a folder ending .rnnrbm"):
+        prepare(songs, out=tmp_path / "x.npz", format="mmap", progress=False)
+    result = run("prepare", str(songs), "--format", "npz", "--out", str(tmp_path / "y.rnnrbm"))
+    assert result.exit_code == 2 and "npz format" in result.stderr
+    result = run("prepare", str(songs), "--format", "mmap", "--out", str(tmp_path / "z.rnnrbm"), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["path"] == str(tmp_path / "z.rnnrbm")
+
+
+def damage(folder: Path, how: str) -> None:
+    rolls = folder / "train_rolls.npy"
+    data = bytearray(rolls.read_bytes())
+    if how == "truncated":
+        rolls.write_bytes(bytes(data[:-88]))
+    elif how == "a note flipped":  # still 0/1: only the digest tells
+        data[-1] ^= 1
+        rolls.write_bytes(bytes(data))
+    elif how == "a value of 2":
+        data[-1] = 2
+        rolls.write_bytes(bytes(data))
+    elif how == "lengths altered":
+        np.save(folder / "train_lengths.npy", np.array([4, 1], np.int64))
+    elif how == "no meta.json":  # what a writer stopped before its end would leave, were it not renamed last
+        (folder / "meta.json").unlink()
+
+
+@pytest.mark.parametrize("how, said", [
+    ("truncated", "train_rolls.npy is 480 bytes where its header says 568 (truncated or damaged)"),
+    ("a note flipped", "its rolls do not match the content_sha256 of its meta.json (damaged or altered)"),
+    ("a value of 2", "train_rolls holds values other than 0 and 1"),
+    ("lengths altered", "its rolls do not match the content_sha256"),
+    ("no meta.json", "it has no meta.json"),
+])
+def test_a_damaged_mmap_folder_is_refused_in_one_sentence(tmp_path, how, said):
+    folder = prepare(songs_folder(tmp_path), out=tmp_path / "s.rnnrbm", progress=False).path
+    damage(folder, how)
+    with pytest.raises(RnnrbmError, match=re.escape(said)):
+        load_prepared(folder)
+    result = run("train", "--data", str(folder), "--epochs", "1", "--run-dir", str(tmp_path / "run"), "--device", "cpu")
+    line = one_sentence_error(result)
+    assert f"{folder} is not a prepared dataset: " in line and said in line
+
+
+def test_a_failed_mmap_write_leaves_what_was_there(tmp_path, monkeypatch):
+    songs = songs_folder(tmp_path)
+    out = prepare(songs, out=tmp_path / "s.rnnrbm", progress=False).path
+    before = load_prepared(out).meta
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prepared.json, "dump", broken)  # meta.json, the last file written
+    with pytest.raises(RnnrbmError, match="cannot write .*s.rnnrbm: No space left on device"):
+        prepare(songs, out=out, split_ratios=None, pedal=True, progress=False)
+    assert load_prepared(out).meta == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.rnnrbm", "songs"]
 
 
 # -- the command line --------------------------------------------------------------------

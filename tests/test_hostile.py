@@ -12,10 +12,8 @@ import io
 import json
 import os
 import pickle
-import resource
 import shutil
 import subprocess
-import sys
 import tracemalloc
 import wave
 import zipfile
@@ -36,9 +34,8 @@ from rnnrbm_cli.models.rbm import RNNRBM, ModelConfig
 from rnnrbm_cli.pianoroll import MAX_FRAMES, MAX_MIDI_BYTES, midi_to_roll, read_midi
 from rnnrbm_cli.readers import read_pickle
 
-from conftest import midi_bytes, one_sentence_error, run
+from conftest import midi_bytes, one_sentence_error, run, run_measured
 
-REPO = Path(__file__).resolve().parents[1]
 PEAK_LIMIT_MB = 500  # what preparing any of these files may cost, at most
 ADDRESS_SPACE = 3 * 2**30  # the child's cap: a regression dies of MemoryError, not the machine
 
@@ -63,35 +60,7 @@ GOOD = midi_bytes((60, 0.0, 0.6), (64, 0.3, 0.9))  # 3 frames at dt = 0.3, 8 at 
 
 def run_capped(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
     """``rnnrbm ARGS`` in a child process with a capped address space; (result, peak RSS in MB)."""
-    peak_file = tmp_path / "peak-rss-kb"
-    # The peak of this process's own memory: VmHWM (ru_maxrss also counts the pytest parent's
-    # resident size at the fork, which grows with the tests run before).
-    child = (
-        "import resource, sys\n"
-        "from rnnrbm_cli.cli import cli\n"
-        "def peak_kb():\n"
-        "    try:\n"
-        "        for line in open('/proc/self/status'):\n"
-        "            if line.startswith('VmHWM:'):\n"
-        "                return int(line.split()[1])\n"
-        "    except OSError:\n"
-        "        pass\n"
-        "    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "try:\n"
-        "    cli(sys.argv[1:], prog_name='rnnrbm')\n"
-        "finally:\n"
-        f"    open({str(peak_file)!r}, 'w').write(str(peak_kb()))\n"
-    )
-
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-
-    env = dict(os.environ, PYTHONPATH=str(REPO), RNNRBM_CACHE_DIR=str(tmp_path / "cache"))
-    result = subprocess.run(
-        [sys.executable, "-c", child, *args],
-        env=env, preexec_fn=cap, capture_output=True, text=True, timeout=120, check=False,
-    )
-    return result, int(peak_file.read_text()) / 1024  # KiB
+    return run_measured(tmp_path, *args, address_space=ADDRESS_SPACE)
 
 
 def zip_of(path: Path, members: dict[str, bytes], big: tuple[str, int] | None = None) -> Path:

@@ -132,7 +132,6 @@ class NumbaNADE(TorchObjective):
 
     def __init__(self, model, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
         super().__init__(model, data, k, generator)
-        self.frames = data.frames.numpy()
 
     def cost(self, v: Tensor, lengths: Tensor | None, generator) -> CostResult:
         b, c = self.model.conditional_biases(v)
@@ -149,19 +148,19 @@ class NumbaNADE(TorchObjective):
         small = int(self.data.chunks[chunk_ids, 1].sum()) <= SERIAL_FRAMES
         with _calling_thread_only(_kernels().numba) if small else _torch_on_calling_thread():
             if self.model.rnn_kind == "tanh":
-                return self._tanh_gradients(*self.data.spans(chunk_ids))
+                return self._tanh_gradients(*self.data.frame_spans(chunk_ids))
             return super().gradients(chunk_ids)
 
-    def _tanh_gradients(self, starts: np.ndarray, lengths: np.ndarray) -> CostResult:
+    def _tanh_gradients(self, frames: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> CostResult:
         """The cost of chunks frames[starts[b] : starts[b] + lengths[b]] and its gradient in
         each parameter's ``.grad`` (overwritten), for the tanh recurrence
         u(t) = tanh(bu + u(t-1) Wuu + v(t) Wvu), without autograd."""
         kernels, m = _kernels(), self.model
         p = dict(m.named_parameters())
         Wvu, Wuu, bu, u0 = (_np(x) for x in (m.Wvu, m.Wuu, m.bu, m.u0))
-        rows, offsets, u_prev, u_cur = kernels.recurrence(Wvu, Wuu, bu, u0, self.frames, starts, lengths)
+        rows, offsets, u_prev, u_cur = kernels.recurrence(Wvu, Wuu, bu, u0, frames, starts, lengths)
         n, n_v = len(rows), m.config.n_visible
-        v = self.frames[rows]
+        v = frames[rows]
         # [b(t) | c(t)] = [bv | bh] + u(t-1) [Wuv | Wuh] for every frame at once
         W_cat = torch.cat([m.Wuv, m.Wuh], 1).detach()
         u_prev_t = torch.from_numpy(u_prev)

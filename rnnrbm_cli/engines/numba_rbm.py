@@ -202,17 +202,19 @@ class NumbaCD:
 
     def __init__(self, model, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
         self.model, self.data, self.k, self.generator = model, data, k, generator
-        self.frames = data.frames.numpy()
 
     def gradients(self, chunk_ids: Tensor) -> CostResult:
-        starts, lengths = self.data.spans(chunk_ids)
-        cost, monitor, n = numba_cd(self.model, self.frames, starts, lengths, self.k, self.generator)
+        frames, starts, lengths = self.data.frame_spans(chunk_ids)
+        cost, monitor, n = numba_cd(self.model, frames, starts, lengths, self.k, self.generator)
         return CostResult(torch.tensor(cost), torch.tensor(monitor), n)
 
     def monitor(self, data: ChunkedData, generator: torch.Generator) -> float:
-        starts, lengths = data.spans(torch.arange(len(data.chunks)))
-        _, monitor, _ = numba_cd(self.model, data.frames.numpy(), starts, lengths, self.k, generator, want_grads=False)
-        return float(monitor)
+        # one block for data in memory; data on disk in blocks, their means weighted by frames
+        results = [numba_cd(self.model, frames, starts, lengths, self.k, generator, want_grads=False)
+                   for frames, starts, lengths in data.frame_blocks(torch.arange(len(data.chunks)))]
+        if len(results) == 1:
+            return float(results[0][1])
+        return sum(float(monitor) * n for _, monitor, n in results) / sum(n for _, _, n in results)
 
     def compile_message(self) -> str | None:
         kernels = _kernels()
@@ -222,8 +224,8 @@ class NumbaCD:
     def warm_up(self) -> None:
         """Compile (or load) the kernels on one chunk, with a throwaway generator: the run's
         random streams and parameters are untouched (only .grad is written)."""
-        starts, lengths = self.data.spans(torch.arange(1))
-        numba_cd(self.model, self.frames, starts, lengths, 1, torch.Generator().manual_seed(0))
+        frames, starts, lengths = self.data.frame_spans(torch.arange(1))
+        numba_cd(self.model, frames, starts, lengths, 1, torch.Generator().manual_seed(0))
 
 
 class NumbaSampler:
