@@ -24,7 +24,7 @@ from rnnrbm_cli.cli import (
 @click.option("--seconds", type=FloatRange(min=0, min_open=True), help="Or: how many seconds to generate (after the primer), on the file's grid.")
 @click.option("--temperature", type=FloatRange(0.01, 100), default=1.0, show_default=True, help="Below 1 sharper (fewer stray notes), above 1 wilder: each frame's energies or note logits divided by it.")
 @click.option("--transpose-to", metavar="KEY", help="Move the pieces from C to this key (D, F#, Bb minor, ...), for a model trained on rolls transposed to C (the benchmark rolls).")
-@click.option("--k", type=click.IntRange(1, _MAX_K), default=25, show_default=True, help="Gibbs steps per generated frame.")
+@click.option("--k", type=click.IntRange(1, _MAX_K), help="Gibbs steps per generated frame (an RNN-RBM's; other models sample exactly).  [default: 25]")
 @click.option("--num", type=click.IntRange(min=1), default=1, show_default=True, help="Pieces, sampled in one batch: OUT-001.mid, OUT-002.mid, ...")
 @click.option("--seed", type=SEED, help="Seed of the sampler; the same seed writes the same files.  [default: random, reported]")
 @click.option("--primer", type=click.Path(exists=True, path_type=Path), help="MIDI file or prepared .npz (or .rnnrbm) that every piece begins with and continues.")

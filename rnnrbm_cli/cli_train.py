@@ -90,6 +90,10 @@ def train(ctx, preset, config_file, resume, mirror, cache_dir, tensorboard, as_j
             raise click.UsageError(f"--resume continues a run with its own settings; only --epochs and --device may be given (not {', '.join('--' + e.replace('_', '-') for e in extra)}).")
     else:
         settings = merge_settings(preset, config_file, given)
+        from rnnrbm_cli.models import record
+
+        if "k" in given and not record(settings.model.model_type).uses_gibbs:  # said, not taken as used
+            err_console.print(f"The {settings.model.model_type} model has no Gibbs chain; --k is not used.")
     device = resolve_device(given.get("device") or ("auto" if resume else settings.run.device))
 
     stop = StopFlag()

@@ -43,6 +43,7 @@ from rnnrbm_cli.prepared import is_prepared_path
 
 MIDI_SUFFIXES = (".mid", ".midi")
 DEFAULT_STEPS = 200  # frames generated when neither --steps nor --seconds is given
+DEFAULT_K = 25  # Gibbs steps per generated frame of an RNN-RBM, the tutorial's
 # --temperature's range: outside it the notes are all on or all off, whatever the model.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
 # The most cells (pieces x frames x 88 keys) one sample call may generate: 2**28 is 1 GiB
@@ -341,7 +342,7 @@ def sample(
     *,
     steps: int | None = None,
     seconds: float | None = None,
-    k: int = 25,
+    k: int | None = None,
     num: int = 1,
     seed: int | None = None,
     primer: str | os.PathLike | None = None,
@@ -375,7 +376,8 @@ def sample(
         ``x.mid``: the file for one piece, the name pattern ``x-001.mid`` ... for several.
     steps : frames to generate after the primer (default 200), or
     seconds : how long the generated part lasts instead (frames = seconds / the file's dt).
-    k : Gibbs steps per generated frame (the tutorial's 25).
+    k : Gibbs steps per generated frame of an RNN-RBM (default the tutorial's 25); given to a
+        model sampled exactly, it is said not to be used.
     num : pieces, generated in parallel in one batch.
     seed : seeds the device's generator; None draws one (reported in the result).
     primer, primer_steps, split, index : see :func:`load_primer`.
@@ -419,6 +421,8 @@ def sample(
             raise RnnrbmUsageError(f"--transpose-to: {e}.") from None
     if steps is None and seconds is None:
         steps = DEFAULT_STEPS
+    k_given = k is not None
+    k = DEFAULT_K if k is None else k
     for name, value, low, high in (("steps", steps or 1, 1, None), ("k", k, 1, None), ("num", num, 1, None),
                                    ("program", program, 0, 127), ("velocity", velocity, 1, 127)):
         if value < low or (high is not None and value > high):
@@ -464,6 +468,8 @@ def sample(
         seed = secrets.randbits(31)
 
     chains = f" (k={k})" if record_of(model).uses_gibbs else ""  # k means nothing to a model sampled exactly
+    if k_given and not record_of(model).uses_gibbs:
+        say(f"the {model.config.model_type} model samples each frame exactly; --k is not used.")
     say(f"sampling {num} piece{'s' if num != 1 else ''} of {steps} frames{chains} on {torch_device}, seed {seed}")
     t0 = time.perf_counter()
     rolls = generate_rolls(model, num, steps, k=k, primer=primer_roll, seed=seed, backend=backend,

@@ -249,3 +249,14 @@ def test_an_annealing_method_asked_of_an_exact_model_is_said_not_used(toy_npz, t
     assert r.exit_code == 0, r.stderr
     assert "--method raise is not used" in r.stderr
     assert _json.loads(r.stdout)["method"] == "exact"
+
+
+def test_k_given_to_a_model_without_gibbs_chains_is_said_not_used(toy_npz, tmp_path):
+    r = run("train", "--model", "rnn", "--data", toy_npz, "--epochs", "1", "--k", "5", "--run-dir", tmp_path / "r",
+            "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    assert "--k is not used" in r.stderr
+    r = run("sample", tmp_path / "r" / "best.pt", tmp_path / "a.mid", "--k", "3", "--steps", "8", "--seed", "1")
+    assert r.exit_code == 0 and "--k is not used" in r.stderr
+    r = run("sample", tmp_path / "r" / "best.pt", tmp_path / "b.mid", "--steps", "8", "--seed", "1")
+    assert r.exit_code == 0 and "--k" not in r.stderr
