@@ -94,18 +94,24 @@ def fluidsynth_problem() -> str | None:
     return None
 
 
-def render(midi: pretty_midi.PrettyMIDI, sample_rate: int = SAMPLE_RATE) -> Audio:
-    """Render ``midi`` to a mono waveform, with FluidSynth if possible, else built in.
-
-    Returns an :class:`Audio` whose ``method`` says which, and whose ``reason`` says why
-    FluidSynth was not used.
-    """
+def _fluidsynth_choice() -> tuple[str | None, Path | None]:
+    """Why FluidSynth cannot render here (None if it can), and the SoundFont it would use."""
     reason = fluidsynth_problem()
     soundfont = None
     if reason is None:
         soundfont = find_soundfont()
         if soundfont is None:
             reason = f"no SoundFont was found (set ${SOUNDFONT_ENV} to a .sf2 file)"
+    return reason, soundfont
+
+
+def render(midi: pretty_midi.PrettyMIDI, sample_rate: int = SAMPLE_RATE) -> Audio:
+    """Render ``midi`` to a mono waveform, with FluidSynth if possible, else built in.
+
+    Returns an :class:`Audio` whose ``method`` says which, and whose ``reason`` says why
+    FluidSynth was not used.
+    """
+    reason, soundfont = _fluidsynth_choice()
     if reason is None:
         try:
             samples = _fluidsynth(midi, sample_rate, soundfont)
@@ -290,12 +296,7 @@ def render_wav(
     the built-in synth. ``on_progress`` hears the fraction done, 0..1, after each block.
     """
     path = Path(path)
-    reason = fluidsynth_problem()
-    soundfont = None
-    if reason is None:
-        soundfont = find_soundfont()
-        if soundfont is None:
-            reason = f"no SoundFont was found (set ${SOUNDFONT_ENV} to a .sf2 file)"
+    reason, soundfont = _fluidsynth_choice()
     seconds = midi.get_end_time()
     if reason is None and seconds > FLUIDSYNTH_MAX_SECONDS:
         reason = (f"FluidSynth renders a piece whole in memory, at most {FLUIDSYNTH_MAX_SECONDS / 60:g} minutes, and this one "
