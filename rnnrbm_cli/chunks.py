@@ -28,6 +28,41 @@ FAULT_AROUND = 64 * 2**10
 BLOCK_FRAMES = 1 << 16
 
 
+def shift_notes(block: np.ndarray, k: int) -> np.ndarray:
+    """Frames (n, keys) moved up k semitones (down for k < 0), the notes pushed past either
+    end of the keyboard dropped, as a new array (``block`` itself when k = 0)."""
+    if k == 0:
+        return block
+    out = np.zeros_like(block)
+    keys = block.shape[-1]
+    if abs(k) < keys:
+        if k > 0:
+            out[..., k:] = block[..., : keys - k]
+        else:
+            out[..., : keys + k] = block[..., -k:]
+    return out
+
+
+def _off_keyboard(block: np.ndarray, k: int) -> np.ndarray:
+    """The part of ``block``'s keys that a shift by k pushes off the keyboard."""
+    keys = block.shape[-1]
+    m = min(abs(k), keys)
+    return block[..., keys - m :] if k > 0 else block[..., :m]
+
+
+def shift_rows(rolls: np.ndarray, per_row: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each row of ``rolls`` shifted by its own ``per_row`` semitones (``shift_notes``), and
+    the number of notes dropped, by groups of rows with the same shift."""
+    out = np.zeros_like(rolls)
+    dropped = 0.0
+    for k in np.unique(per_row).tolist():
+        rows = np.flatnonzero(per_row == k)
+        part = rolls[rows]
+        out[rows] = shift_notes(part, k)
+        dropped += float(_off_keyboard(part, k).sum()) if k else 0.0
+    return out, int(dropped)
+
+
 class ChunkedData:
     """A split's sequences as one frame table, cut into chunks.
 
@@ -49,6 +84,10 @@ class ChunkedData:
         # Row-major always: the .mat rolls arrive column-major, and compiled code reads frames
         # row by row (a layout of its own would also make numba compile a second version).
         self.frames = torch.from_numpy(np.ascontiguousarray(rolls)).to(device)
+        self._plain: np.ndarray | None = None  # the rolls before any transposition (transpose())
+        self._shifts: np.ndarray | None = None  # each sequence's shift in semitones, or None
+        self.notes_dropped = 0
+        self.seq_lengths = np.array([len(s) for s in sequences], np.int64)
         self.pad_row = rolls.shape[0] - 1
         self.binary = bool(((rolls == 0) | (rolls == 1)).all())  # the engines: what the compiled kernels need
         starts, lengths, seq_of_chunk = [], [], []
@@ -71,6 +110,8 @@ class ChunkedData:
         if not len(lengths):
             raise RnnrbmError("the training data has no sequences.")
         self.table, self.frames, self.rolls = table, None, table.rolls
+        self._plain, self._shifts, self.notes_dropped = None, None, 0
+        self.seq_lengths = lengths
         self.pad_row = None
         self.binary = True  # load_prepared checked every value to be 0 or 1
         # chunk j of sequence i starts at offset[i] + j * chunk: the loop of __init__, vectorised
@@ -94,22 +135,64 @@ class ChunkedData:
         one after another, (sum of lengths, n_visible), or padded with zeros to T,
         (B, T, n_visible)."""
         rolls = self.rolls
+        shifts = self._chunk_shifts(starts)
         if T is None:
             out = np.empty((int(lengths.sum()), rolls.shape[1]), np.float32)
             at = 0
-            for s, n in zip(starts.tolist(), lengths.tolist()):
-                out[at : at + n] = rolls[s : s + n]
+            for s, n, k in zip(starts.tolist(), lengths.tolist(), shifts.tolist()):
+                out[at : at + n] = self._shifted(rolls[s : s + n], k)
                 at += n
         else:
             out = np.zeros((len(starts), T, rolls.shape[1]), np.float32)
-            for b, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
-                out[b, :n] = rolls[s : s + n]
+            for b, (s, n, k) in enumerate(zip(starts.tolist(), lengths.tolist(), shifts.tolist())):
+                out[b, :n] = self._shifted(rolls[s : s + n], k)
         self._read += int(lengths.sum()) * rolls.shape[1] + 2 * FAULT_AROUND * len(lengths)
         if self._read >= RESIDENT_BYTES and self.table.mapping is not None:
             # A read-only file mapping: the pages come back from the file when read again.
             self.table.mapping.madvise(mmap.MADV_DONTNEED)
             self._read = 0
         return out
+
+    def _chunk_shifts(self, starts: np.ndarray) -> np.ndarray:
+        """On disk: the shift of the sequence each chunk (by its first frame) belongs to."""
+        if self._shifts is None:
+            return np.zeros(len(starts), np.int64)
+        ends = np.cumsum(self.seq_lengths)
+        return self._shifts[np.searchsorted(ends, starts, side="right")]
+
+    def _shifted(self, block: np.ndarray, k: int) -> np.ndarray:
+        """On disk: a chunk's frames shifted by k, its dropped notes counted."""
+        if k:
+            self.notes_dropped += int(_off_keyboard(block, k).sum())
+        return shift_notes(block, k)
+
+    def transpose(self, shifts: np.ndarray | None) -> None:
+        """From now on, sequence i reads shifted by shifts[i] semitones (None: as it is), notes
+        pushed off the keyboard dropped and counted in ``notes_dropped``. In memory the frame
+        table is rewritten now (from the unshifted rolls, kept aside the first time) and the
+        count is the whole split's; on disk each chunk is shifted as it is read, and the count
+        is of the chunks read since."""
+        if shifts is not None:
+            shifts = np.asarray(shifts, np.int64)
+            if shifts.shape != (self.n_sequences,):
+                raise ValueError(f"one shift per sequence ({self.n_sequences}), not {shifts.shape}")
+        self._shifts = None if shifts is None or not shifts.any() else shifts
+        self.notes_dropped = 0
+        if self.table is not None:
+            return
+        per_row = None if self._shifts is None else np.repeat(self._shifts, self.seq_lengths)
+        if self._plain is None:
+            if per_row is None:
+                return
+            self._plain = self.frames.cpu().numpy().copy()
+        plain = self._plain
+        if per_row is None:
+            shifted, dropped = plain, 0
+        else:
+            body, dropped = shift_rows(plain[:-1], per_row)
+            shifted = np.concatenate([body, plain[-1:]])  # the zero padding row stays
+        self.frames = torch.from_numpy(np.ascontiguousarray(shifted)).to(self.device)
+        self.notes_dropped = dropped
 
     def batch(self, chunk_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Frames (B, T, n_visible) and lengths (B,) (None when B = 1: nothing to mask)."""

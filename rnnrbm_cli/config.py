@@ -41,6 +41,7 @@ MAX_EPOCHS = 1_000_000  # any count of epochs or estimates: epochs, pretraining,
 MAX_K = 10_000  # Gibbs steps of CD-k (the tutorial's 15)
 MAX_CHUNK = 100_000  # frames per chunk: pianoroll.MAX_FRAMES, so no sequence is longer
 MAX_BATCH = 10_000  # chunks per update
+MAX_TRANSPOSE = 127  # semitones of --augment-transpose: a MIDI note's whole range
 MAX_BATCH_CELLS = 2**28  # batch x chunk x n_visible of one update: 1 GiB as float32 (as sample.MAX_CELLS)
 MAX_EVAL_FRAMES = 10_000_000  # validation frames of an estimate
 MAX_EVAL_CHAINS = 10_000  # AIS chains (the paper's 100)
@@ -111,6 +112,18 @@ class OptimConfig:
     # sigmoid(bv(t)) by cross-entropy, exact BPTT, Adam at pretrain_rnn_lr.
     pretrain_rnn_epochs: int = 0
     pretrain_rnn_lr: float = 0.003
+    # Regularisers. Dropout: the share of the recurrence's inputs v(t) and of its outputs u(t-1)
+    # (what conditions each frame's model) zeroed at random in every training update, the rest
+    # scaled by 1 / (1 - dropout) (Zaremba et al. 2014: the non-recurrent connections only);
+    # validation, evaluation and sampling use the whole network. The compiled kernels do not
+    # drop units: dropout > 0 trains on the torch path.
+    dropout: float = 0.0
+    # Weight decay of every parameter: L2 added to the gradient with SGD, decoupled (AdamW) with Adam.
+    weight_decay: float = 0.0
+    # Transposition augmentation: every epoch each training sequence is shifted by its own random
+    # number of semitones in [-K, K] (0: none); notes pushed off the keyboard are dropped and
+    # counted in the epoch's metrics. Validation and test data are never shifted.
+    augment_transpose: int = 0
 
     def __post_init__(self) -> None:
         positive = (lambda v: v > 0, "above 0")
@@ -123,7 +136,8 @@ class OptimConfig:
             "clip_grad": (lambda v: v >= 0, "0 or more"), "ema": (lambda v: 0 <= v < 1, "0 to below 1"),
             "patience": _between(0, MAX_EPOCHS), "pretrain_rbm_epochs": _between(0, MAX_EPOCHS),
             "pretrain_rbm_lr": positive, "pretrain_rnn_epochs": _between(0, MAX_EPOCHS),
-            "pretrain_rnn_lr": positive,
+            "pretrain_rnn_lr": positive, "dropout": (lambda v: 0 <= v < 1, "0 to below 1"),
+            "weight_decay": (lambda v: v >= 0, "0 or more"), "augment_transpose": _between(0, MAX_TRANSPOSE),
         })
         if self.optimizer not in ("sgd", "adam"):
             raise RnnrbmUsageError(f"optimizer must be sgd or adam, not {self.optimizer!r}.")

@@ -68,8 +68,10 @@ def fine_tuning_optimizer(model: torch.nn.Module, parts: dict[str, list], o: Opt
     else:
         groups = [{"params": parts["frame"], "lr": o.lr_rbm or o.lr}, {"params": parts["rnn"], "lr": o.lr_rnn or o.lr}]
     if o.optimizer == "adam":
+        if o.weight_decay > 0:  # decoupled from the adaptive step (Loshchilov & Hutter), not L2
+            return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
         return torch.optim.Adam(groups, lr=o.lr)
-    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0, weight_decay=o.weight_decay)
 
 
 def schedule(optimizer: torch.optim.Optimizer, o: OptimConfig):

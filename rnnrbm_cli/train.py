@@ -194,6 +194,12 @@ class Trainer:
         # each process's chains their own random stream (the main one's is a single process's)
         rank = world.rank if world is not None else 0
         self.gibbs_gen = torch.Generator(device=device).manual_seed(seed + 1 + 1_000_003 * rank)
+        # --dropout's masks come from the chains' stream (saved in checkpoints: a resumed run
+        # draws the same masks); the objectives read the rate to choose their engine
+        if o.dropout:
+            if not hasattr(self.model, "set_dropout"):
+                raise RnnrbmUsageError(f"the {settings.model.model_type} model does not drop units; drop --dropout.")
+            self.model.set_dropout(o.dropout, self.gibbs_gen)
         self.plan = StagePlan.of(o)
         self._check_stages()
         self.epoch = 0  # completed epochs, all stages
@@ -438,10 +444,13 @@ class Trainer:
             order, first = saved["order"], int(saved["update"])
             monitor_sum, cost_sum = float(saved["monitor_sum"]), float(saved["cost_sum"])
             seconds_before, frames_done = float(saved["seconds"]), int(saved["frames"])
+            shifts = saved["shifts"].numpy() if saved.get("shifts") is not None else None
         else:
             order, first = data.epoch_order(stage.batch, self.shuffle_gen), 0
             monitor_sum, cost_sum = 0.0, 0.0
             seconds_before, frames_done = 0.0, 0
+            shifts = self._draw_shifts(data)
+        data.transpose(shifts)
         batches = order.split(stage.batch)
         n_updates = len(batches)
         averaging = stage.name == "fine" and optim.ema > 0
@@ -464,7 +473,8 @@ class Trainer:
             self.callbacks.on_update(epoch, update + 1, n_updates)
             self._agree_on_signals()
             if self.stop.signum is not None and update + 1 < n_updates:
-                self._interrupt(epoch, update + 1, order, monitor_sum, cost_sum, seconds_before + time.perf_counter() - t0, frames_done)
+                self._interrupt(epoch, update + 1, order, monitor_sum, cost_sum, seconds_before + time.perf_counter() - t0,
+                                frames_done, shifts)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = seconds_before + time.perf_counter() - t0
@@ -483,6 +493,8 @@ class Trainer:
             "updates": n_updates,
             "lr": optimizer.param_groups[0]["lr"],
         }
+        if shifts is not None:
+            metrics["transpose_notes_dropped"] = data.notes_dropped
         if stage.name == "fine":
             self._validate(epoch, metrics)
         metrics["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -519,12 +531,21 @@ class Trainer:
             return f"the last good checkpoint (epoch {self.epoch}) is kept in {self.run_dir}."
         return "no checkpoint had been written yet."
 
-    def _interrupt(self, epoch, update, order, monitor_sum, cost_sum, seconds, frames) -> None:
+    def _draw_shifts(self, data: ChunkedData) -> np.ndarray | None:
+        """--augment-transpose K: each sequence's shift for this epoch, uniform in [-K, K], from
+        the shuffling stream (nothing drawn without augmentation, so such runs are unchanged)."""
+        K = self.settings.optim.augment_transpose
+        if not K:
+            return None
+        return torch.randint(-K, K + 1, (data.n_sequences,), generator=self.shuffle_gen).numpy()
+
+    def _interrupt(self, epoch, update, order, monitor_sum, cost_sum, seconds, frames, shifts=None) -> None:
         if not (self._params_finite() and math.isfinite(float(cost_sum))):
             raise TrainingDiverged(f"training diverged in epoch {epoch}; {self._kept()}")
         self.progress = {
             "order": order, "update": update, "monitor_sum": float(monitor_sum),
             "cost_sum": float(cost_sum), "seconds": seconds, "frames": frames,
+            "shifts": None if shifts is None else torch.from_numpy(shifts),  # a tensor: checkpoints hold no arrays
         }
         self.save()
         raise TrainingInterrupted(self.stop.signum, self.run_dir, epoch, update)

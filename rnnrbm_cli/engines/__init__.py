@@ -126,8 +126,9 @@ def numba_problem(model: torch.nn.Module, binary: bool = True) -> str | None:
     return _compiled(rec.kernels)[2](model, binary)
 
 
-def resolve_backend(backend: str, model: torch.nn.Module, *, binary: bool = True) -> str:
-    """"torch" or "numba": what ``backend`` ("auto", "torch", "numba") means for this model and data.
+def resolve_backend(backend: str, model: torch.nn.Module, *, binary: bool = True, training: bool = False) -> str:
+    """"torch" or "numba": what ``backend`` ("auto", "torch", "numba") means for this model and data,
+    and, when ``training``, for its training settings (the kernels drop no units).
 
     An explicit "numba" that cannot run is a usage error saying why.
     """
@@ -136,6 +137,8 @@ def resolve_backend(backend: str, model: torch.nn.Module, *, binary: bool = True
     if backend == "torch":
         return "torch"
     problem = numba_problem(model, binary)
+    if problem is None and training and getattr(model, "dropout", 0.0) > 0:
+        problem = "the compiled kernels do not apply dropout"
     if backend == "auto":
         return "torch" if problem is not None or _numba_disabled() else "numba"
     if problem is not None:
@@ -161,7 +164,7 @@ def objective_for(
         raise ValueError(f"objective must be model or rnn-prediction, not {objective!r}")
     binary = data.binary and (valid is None or valid.binary)
     rec = record_of(model)
-    if resolve_backend(backend, model, binary=binary) == "numba":
+    if resolve_backend(backend, model, binary=binary, training=True) == "numba":
         return _compiled(rec.kernels)[0](model, data, k, generator)
     per = rec.frames_per_batch(model) if rec.frames_per_batch is not None else None
     return TorchObjective(model, data, k, generator, frames_per_batch=per)

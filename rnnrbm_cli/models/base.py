@@ -134,6 +134,25 @@ class Recurrent(nn.Module):
     ``models/record.py``)."""
 
     config: ModelConfig
+    # Training-time dropout (the trainer's OptimConfig.dropout) and the generator its masks are
+    # drawn from: set by ``set_dropout``, neither a parameter nor a buffer (checkpoints do not
+    # hold them), applied in training mode only.
+    dropout: float = 0.0
+    dropout_generator: torch.Generator | None = None
+
+    def set_dropout(self, rate: float, generator: torch.Generator | None = None) -> None:
+        """Drop this share of the recurrence's inputs and outputs in training mode (0: none)."""
+        if not 0 <= rate < 1:
+            raise ValueError(f"dropout must be 0 to below 1, not {rate!r}")
+        self.dropout, self.dropout_generator = float(rate), generator
+
+    def _dropped(self, x: Tensor) -> Tensor:
+        """x with a random ``dropout`` share of its entries zeroed and the rest scaled by
+        1 / (1 - dropout), in training mode; x itself otherwise."""
+        if not (self.training and self.dropout > 0):
+            return x
+        keep = torch.rand(x.shape, generator=self.dropout_generator, device=x.device, dtype=x.dtype) >= self.dropout
+        return x * keep / (1 - self.dropout)
 
     def training_cost(self, v: Tensor, lengths: Tensor | None, k: int, generator: torch.Generator | None) -> CostResult:
         """The model's own objective on a padded batch v (B, T, n_visible); backward() gives its gradient."""
@@ -276,6 +295,8 @@ class Recurrent(nn.Module):
         return CostResult(cost=cost, monitor=(-cost).detach(), n_frames=n_frames)
 
     def previous_outputs(self, v: Tensor) -> Tensor:
-        """u(t-1) for every frame t of v: (B, T, n_recurrent), u(0) first (the past only)."""
-        u = self.recurrence(v)
-        return torch.cat([self.u0.expand(v.shape[0], 1, -1), u[:, :-1]], dim=1)
+        """u(t-1) for every frame t of v: (B, T, n_recurrent), u(0) first (the past only). In
+        training with ``dropout``, the recurrence reads v with units dropped and its outputs
+        are dropped on their way to the frame models (never inside the recurrence)."""
+        u = self.recurrence(self._dropped(v))
+        return self._dropped(torch.cat([self.u0.expand(v.shape[0], 1, -1), u[:, :-1]], dim=1))
