@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -81,6 +82,11 @@ def join(device: torch.device) -> tuple[World, torch.device]:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # torch._dynamo (which building a model imports) keeps references to a process group
+        # that exists when it is first imported, so destroy_process_group would then leave gloo's
+        # threads running into the interpreter's shutdown, where one aborts the process
+        # ("terminate called without an active exception"): import it before the group exists.
+        importlib.import_module("torch._dynamo")
         try:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
         except (RuntimeError, ValueError) as e:
