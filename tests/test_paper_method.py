@@ -303,3 +303,15 @@ def test_train_ema_from_the_command_line_writes_the_average_into_best_pt(toy_npz
     assert not torch.equal(last["model_state"]["W"], last["ema_state"]["W"])
     r = run("sample", run_dir / "best.pt", tmp_path / "out.mid", "--steps", "8", "--device", "cpu")
     assert r.exit_code == 0, r.stderr
+
+
+def test_the_rnn_nade_preset_averages_its_parameters_everywhere_and_steps_larger_on_nottingham():
+    from rnnrbm_cli.config import merge_settings
+
+    def paper(data, **flags):
+        return merge_settings("paper", None, {"data": data, "model_type": "rnn-nade", **flags}).optim
+
+    assert all(paper(d).ema == 0.9995 for d in ("jsb-chorales", "nottingham", "piano-midi.de", "musedata"))
+    assert (paper("nottingham").batch, paper("nottingham").lr) == (4, 0.002)
+    assert (paper("jsb-chorales").batch, paper("jsb-chorales").lr) == (1, 0.001)
+    assert paper("nottingham", ema=0.0).ema == 0.0
