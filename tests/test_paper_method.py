@@ -315,3 +315,11 @@ def test_the_rnn_nade_preset_averages_its_parameters_everywhere_and_steps_larger
     assert (paper("nottingham").batch, paper("nottingham").lr) == (4, 0.002)
     assert (paper("jsb-chorales").batch, paper("jsb-chorales").lr) == (1, 0.001)
     assert paper("nottingham", ema=0.0).ema == 0.0
+
+
+def test_the_rnn_preset_knows_nottingham():
+    from rnnrbm_cli.config import merge_settings
+
+    notts = merge_settings("paper", None, {"data": "nottingham", "model_type": "rnn"}).optim
+    assert (notts.batch, notts.lr) == (4, 0.003)
+    assert merge_settings("paper", None, {"data": "nottingham", "model_type": "rnn", "batch": 2}).optim.batch == 2
