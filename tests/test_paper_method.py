@@ -317,11 +317,13 @@ def test_the_rnn_nade_preset_averages_its_parameters_everywhere_and_steps_larger
     assert paper("nottingham", ema=0.0).ema == 0.0
 
 
-def test_the_rnn_preset_knows_nottingham_and_jsb_chorales():
+def test_the_rnn_preset_knows_every_dataset():
     from rnnrbm_cli.config import merge_settings
 
     notts = merge_settings("paper", None, {"data": "nottingham", "model_type": "rnn"}).optim
     assert (notts.batch, notts.lr, notts.dropout) == (4, 0.003, 0.0)
     jsb = merge_settings("paper", None, {"data": "jsb-chorales", "model_type": "rnn"}).optim
     assert (jsb.batch, jsb.lr, jsb.dropout) == (1, 0.003, 0.3)
+    for data in ("musedata", "piano-midi.de"):
+        assert merge_settings("paper", None, {"data": data, "model_type": "rnn"}).optim == jsb
     assert merge_settings("paper", None, {"data": "nottingham", "model_type": "rnn", "batch": 2}).optim.batch == 2
