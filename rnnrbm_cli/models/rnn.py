@@ -94,7 +94,7 @@ RECORD = ModelRecord(
         "jsb-chorales": {"lr": 0.003, "dropout": 0.3},
         # MuseData and Piano-midi.de likewise: -7.716 (epoch 23) against the preset's -8.283
         # (epoch 11); -8.801 (epoch 36) against -8.961 (epoch 18; four chunks per step at 0.003:
-        # -9.443 at epoch 31, still rising slowly, stopped).
+        # -9.443 at epoch 31, still rising slowly, stopped; dropout 0.5: -8.945).
         "musedata": {"lr": 0.003, "dropout": 0.3},
         "piano-midi.de": {"lr": 0.003, "dropout": 0.3},
     },
