@@ -15,16 +15,29 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from rnnrbm_cli.errors import RnnrbmError
+from rnnrbm_cli.rundir import read_metrics
+
 
 def run_summary(run: Path) -> dict:
-    test = json.loads((run / "test.json").read_text())
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    scored = [r for r in rows if r.get("valid_ll") is not None]
-    best = max(scored, key=lambda r: r["valid_ll"]) if scored else rows[-1]
-    seconds = sum(r.get("seconds", 0.0) + (r.get("valid_ll_seconds") or 0.0) for r in rows)
-    return {"run": run.name, "ll": test["log_likelihood"], "se": test["log_likelihood_stderr"],
-            "acc": test["frame_accuracy"], "frames": test["frames"], "best_epoch": best["epoch"],
-            "valid_ll": best.get("valid_ll"), "epochs": rows[-1]["epoch"], "seconds": seconds}
+    """One run's figures; RnnrbmError (one sentence) when its files cannot be read."""
+    try:
+        test = json.loads((run / "test.json").read_text())
+        figures = {k: float(test[k]) for k in ("log_likelihood", "log_likelihood_stderr", "frame_accuracy", "frames")}
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise RnnrbmError(f"{run / 'test.json'} is not the output of rnnrbm evaluate --json ({e}).") from None
+    metrics = read_metrics(run)  # a resumed run's repeated epochs count once
+    if not metrics.epochs:
+        raise RnnrbmError(f"{run / 'metrics.jsonl'} holds no epoch.")
+    valid = metrics.column("valid_ll")
+    best = int(np.nanargmax(valid)) if np.isfinite(valid).any() else len(valid) - 1
+    seconds = np.nansum(metrics.column("seconds")) + np.nansum(metrics.column("valid_ll_seconds"))
+    return {"run": run.name, "ll": figures["log_likelihood"], "se": figures["log_likelihood_stderr"],
+            "acc": figures["frame_accuracy"], "frames": int(figures["frames"]),
+            "best_epoch": metrics.epochs[best]["epoch"], "valid_ll": valid[best],
+            "epochs": metrics.epochs[-1]["epoch"], "seconds": float(seconds)}
 
 
 def main(argv: list[str]) -> int:
@@ -36,7 +49,11 @@ def main(argv: list[str]) -> int:
     if not runs:
         print(f"no finished runs/results-{model}-{data}* (each needs test.json).", file=sys.stderr)
         return 1
-    rows = [run_summary(r) for r in runs]
+    try:
+        rows = [run_summary(r) for r in runs]
+    except RnnrbmError as e:
+        print(e, file=sys.stderr)
+        return 1
     for r in rows:
         print(f"{r['run']:44s} test {r['ll']:.3f} ± {r['se']:.3f} ({r['frames']:,} frames)  ACC {r['acc']:.1f}%  "
               f"valid {r['valid_ll']:.3f} at epoch {r['best_epoch']} of {r['epochs']}  {r['seconds']:.0f} s")
