@@ -91,12 +91,10 @@ RECORD = ModelRecord(
         # dropout 0.3 at 0.003 reaches -8.443 (epoch 65). Tried: weight decay 1e-4 -8.603, dropout
         # 0.3 at 0.01 -8.690, 0.5 -9.032, with 300 units -8.753, four chunks per step at 0.003
         # -8.527 (with dropout 0.3 -11.0, stopped early at 24), --augment-transpose 3 -8.926.
-        "jsb-chorales": {"lr": 0.003, "dropout": 0.3},
         # MuseData and Piano-midi.de likewise: -7.716 (epoch 23) against the preset's -8.283
         # (epoch 11); -8.801 (epoch 36) against -8.961 (epoch 18; four chunks per step at 0.003:
         # -9.443 at epoch 31, still rising slowly, stopped; dropout 0.5: -8.945).
-        "musedata": {"lr": 0.003, "dropout": 0.3},
-        "piano-midi.de": {"lr": 0.003, "dropout": 0.3},
+        **dict.fromkeys(("jsb-chorales", "musedata", "piano-midi.de"), {"lr": 0.003, "dropout": 0.3}),
     },
     search_space={
         "optimizer": "adam",
