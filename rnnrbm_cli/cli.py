@@ -50,6 +50,13 @@ class _Group(click.Group):
     line and exit 130 (128 + SIGINT; every file is written atomically, so none is left half
     written). train and tune catch the signal themselves to checkpoint first."""
 
+    def parse_args(self, ctx, args):
+        try:  # the group's own options (--threads): a bad value is one sentence too
+            return super().parse_args(ctx, args)
+        except click.BadParameter as e:
+            err_console.print(f"[bold red]Error:[/] {escape(e.format_message())}", soft_wrap=True)
+            sys.exit(2)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -69,13 +76,21 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rnnrbm")
-def cli() -> None:
+@click.option("--threads", type=click.IntRange(1, 1024), metavar="N",
+              help="CPU threads for torch and the compiled kernels (default: torch's, one per core). The RNN trains "
+                   "faster on one: see benchmarks/threads.py.")
+def cli(threads: int | None) -> None:
     """Model and generate polyphonic music with the RNN-RBM.
 
     \b
     Example:
       rnnrbm fetch nottingham && rnnrbm prepare nottingham
+      rnnrbm --threads 1 train --preset paper --model rnn --data jsb-chorales
     """
+    if threads is not None:
+        from rnnrbm_cli.device import set_threads  # imports torch: only when asked
+
+        set_threads(threads)
 
 
 def main() -> None:

@@ -3,11 +3,13 @@ CLI spells out (so that --help need not import torch) agreeing with the library'
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from rnnrbm_cli import cli as cli_module
 
-from conftest import run
+from conftest import one_sentence_error, run
 
 COMMANDS = sorted(cli_module.cli.commands)
 
@@ -87,3 +89,29 @@ def test_an_error_sentence_with_brackets_prints_as_it_is(monkeypatch):
     monkeypatch.setattr(registry, "load_registry", fail)
     line = one_sentence_error(run("datasets"))
     assert line == "Error: cannot read [/gloo/pair.cc:537] [bold]x[/bold]."
+
+
+
+@pytest.mark.parametrize("value", ["0", "x", "-2"])
+def test_a_bad_thread_count_is_one_sentence(value):
+    assert "--threads" in one_sentence_error(run("--threads", value, "datasets"), code=2)
+
+
+def test_threads_sets_torchs_and_the_kernels_count_and_the_childrens(monkeypatch, tmp_path):
+    import torch
+
+    numba = pytest.importorskip("numba")
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+    for name in names:
+        monkeypatch.setenv(name, "2")  # put back after the test (set_threads overwrites them)
+    saved = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        r = run("--threads", "1", "datasets", "--cache-dir", tmp_path)
+        assert r.exit_code == 0, r.stderr
+        assert (torch.get_num_threads(), numba.get_num_threads()) == (1, 1)
+        assert [os.environ[n] for n in names] == ["1", "1", "1"]  # what child processes read
+    finally:
+        torch.set_num_threads(saved[0])
+        numba.set_num_threads(saved[1])
