@@ -6,8 +6,8 @@ baseline every ratio is against (all measured in the same run, on the same machi
     python benchmarks/threads.py --model rnn-nade --data jsb-chorales --threads 2,1
 
 Each child is ``rnnrbm_cli.train_model`` (the real ``Trainer``: the run's own loop, validation
-and checkpoints) with ``--eval-every 0``, so an epoch's seconds are its training updates and
-the validation monitor. It sets ``torch.set_num_threads`` (and ``NUMBA_NUM_THREADS``) before
+and checkpoints) with ``--eval-every 0`` and no pretraining (the RNN-RBM's preset pretrains
+for 60 epochs), so an epoch's seconds are its fine-tuning updates and the validation monitor. It sets ``torch.set_num_threads`` (and ``NUMBA_NUM_THREADS``) before
 anything runs, with OMP_WAIT_POLICY=PASSIVE (the CLI's setting), and prints the counts it
 ran with. The figure is the median of the epochs' seconds after the first (the first pays
 for warming up).
@@ -36,7 +36,8 @@ def child(spec: dict) -> dict:
     info = {"threads": spec["threads"], "torch_threads": torch.get_num_threads(),
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
     result = api.train_model(preset="paper", model_type=spec["model"], data=spec["data"], epochs=spec["epochs"],
-                             eval_every=0, run_dir=spec["run_dir"], device="cpu", seed=1234)
+                             eval_every=0, run_dir=spec["run_dir"], device="cpu", seed=1234,
+                             pretrain_rbm_epochs=0, pretrain_rnn_epochs=0)
     rows = [r for r in read_metrics(Path(result.run_dir)).epochs if r.get("stage", "fine") == "fine"]
     info["seconds"] = [r["seconds"] for r in rows]
     info["valid_monitor"] = rows[-1].get("valid_monitor")
