@@ -324,6 +324,8 @@ def test_the_rnn_preset_knows_every_dataset():
     assert (notts.batch, notts.lr, notts.dropout) == (4, 0.003, 0.0)
     jsb = merge_settings("paper", None, {"data": "jsb-chorales", "model_type": "rnn"}).optim
     assert (jsb.batch, jsb.lr, jsb.dropout) == (1, 0.003, 0.3)
-    for data in ("musedata", "piano-midi.de"):
-        assert merge_settings("paper", None, {"data": data, "model_type": "rnn"}).optim == jsb
+    assert merge_settings("paper", None, {"data": "musedata", "model_type": "rnn"}).optim == jsb
+    piano = merge_settings("paper", None, {"data": "piano-midi.de", "model_type": "rnn"}).optim
+    assert (piano.lr, piano.dropout, piano.augment_transpose) == (0.003, 0.3, 3)
+    assert jsb.augment_transpose == notts.augment_transpose == 0
     assert merge_settings("paper", None, {"data": "nottingham", "model_type": "rnn", "batch": 2}).optim.batch == 2
