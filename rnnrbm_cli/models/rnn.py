@@ -95,14 +95,14 @@ RECORD = ModelRecord(
         # MuseData likewise: -7.716 (epoch 23) against the preset's -8.283 (epoch 11); with
         # --augment-transpose 3 it was behind at every epoch to 15 (-8.44 against -7.83 there);
         # 300 units no better at any epoch to 11 and 2.3x slower. Averaged parameters (--ema
-        # 0.9995, as the RNN-NADE's) smooth the curve: -7.663 by epoch 17, still rising.
+        # 0.9995, as the RNN-NADE's) smooth the curve: -7.613 (epoch 29).
         "musedata": {"lr": 0.003, "dropout": 0.3, "ema": 0.9995},
         # Piano-midi.de overfits most (train -7.63 against valid -8.96 at 0.01, epoch 18); dropout
         # 0.3 at 0.003 -8.801 (epoch 36), and shifting each training piece by up to 3 semitones
         # every epoch on top -8.545 (epoch 57). Tried: shifts up to 6 -8.845 (20); 300 units
         # -8.655 (16), with shifts -8.827 (8); whole pieces (chunks of 1000) at 0.01 with shifts
         # -8.886 (45); dropout 0.5 -8.945; four chunks per step at 0.003 -9.443 (31, stopped).
-        # With --ema 0.9995 too: -8.498 by epoch 73, still rising.
+        # With --ema 0.9995 too: -8.439 (epoch 105).
         "piano-midi.de": {"lr": 0.003, "dropout": 0.3, "augment_transpose": 3, "ema": 0.9995},
     },
     search_space={
