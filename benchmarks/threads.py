@@ -7,9 +7,9 @@ baseline every ratio is against (all measured in the same run, on the same machi
 
 Each child is ``rnnrbm_cli.train_model`` (the real ``Trainer``: the run's own loop, validation
 and checkpoints) with ``--eval-every 0`` and no pretraining (the RNN-RBM's preset pretrains
-for 60 epochs), so an epoch's seconds are its fine-tuning updates and the validation monitor. It sets ``torch.set_num_threads`` (and ``NUMBA_NUM_THREADS``) before
-anything runs, with OMP_WAIT_POLICY=PASSIVE (the CLI's setting), and prints the counts it
-ran with. The figure is the median of the epochs' seconds after the first (the first pays
+for 60 epochs), so an epoch's seconds are its fine-tuning updates and the validation monitor.
+It sets its count as ``rnnrbm --threads N`` does (``device.set_threads``) before anything
+runs, with OMP_WAIT_POLICY=PASSIVE (the CLI's setting), and prints the counts it ran with. The figure is the median of the epochs' seconds after the first (the first pays
 for warming up).
 """
 
@@ -29,8 +29,10 @@ def child(spec: dict) -> dict:
     """Train ``spec``'s run in this (child) process and return its threads and epoch times."""
     import torch
 
-    torch.set_num_threads(spec["threads"])
     from rnnrbm_cli import api
+    from rnnrbm_cli.device import set_threads
+
+    set_threads(spec["threads"])  # what `rnnrbm --threads N` does, before numba is loaded
     from rnnrbm_cli.rundir import read_metrics
 
     info = {"threads": spec["threads"], "torch_threads": torch.get_num_threads(),
@@ -46,8 +48,7 @@ def child(spec: dict) -> dict:
 
 def measure(spec: dict) -> dict:
     """``spec`` run by ``child`` in a fresh interpreter with its thread count in the environment."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), NUMBA_NUM_THREADS=str(spec["threads"]),
-               OMP_WAIT_POLICY="PASSIVE", MKL_NUM_THREADS=str(spec["threads"]))
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), OMP_WAIT_POLICY="PASSIVE")  # read as torch loads
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -50,19 +50,22 @@ class _Group(click.Group):
     line and exit 130 (128 + SIGINT; every file is written atomically, so none is left half
     written). train and tune catch the signal themselves to checkpoint first."""
 
+    @staticmethod
+    def _bad_value(e: click.BadParameter):
+        err_console.print(f"[bold red]Error:[/] {escape(e.format_message())}", soft_wrap=True)
+        sys.exit(2)
+
     def parse_args(self, ctx, args):
         try:  # the group's own options (--threads): a bad value is one sentence too
             return super().parse_args(ctx, args)
         except click.BadParameter as e:
-            err_console.print(f"[bold red]Error:[/] {escape(e.format_message())}", soft_wrap=True)
-            sys.exit(2)
+            self._bad_value(e)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except click.BadParameter as e:
-            err_console.print(f"[bold red]Error:[/] {escape(e.format_message())}", soft_wrap=True)
-            sys.exit(2)
+            self._bad_value(e)
         except KeyboardInterrupt:
             err_console.print("Interrupted; nothing was left half written.", soft_wrap=True)
             sys.exit(130)
