@@ -95,16 +95,17 @@ def start_training(settings: Settings, device, command: str = "", callbacks=None
 
 
 def resume_training(run_dir: str | os.PathLike, device, epochs: int | None = None, command: str = "", callbacks=None,
-                    stop=None, cache_dir=None, mirror=None):
+                    stop=None, cache_dir=None, mirror=None, patience: int | None = None):
     """A ``train.Trainer`` continuing the run in ``run_dir`` on the data it was trained on
-    (``rnnrbm train --resume``)."""
+    (``rnnrbm train --resume``); ``epochs`` and ``patience`` replace the run's when given
+    (a run that stopped early goes on when the new patience exceeds its estimates since the best)."""
     from rnnrbm_cli.train import resume_trainer
 
     def data_for(payload):
         return data_for_checkpoint(payload, cache_dir=cache_dir, mirror=mirror)
 
     world, device, callbacks = _world(device, callbacks)
-    return resume_trainer(run_dir, device, data_for, epochs, command, callbacks, stop, world)
+    return resume_trainer(run_dir, device, data_for, epochs, command, callbacks, stop, world, patience)
 
 
 def train_model(

@@ -40,7 +40,7 @@ from rnnrbm_cli.cli import (
 @click.option("--dropout", type=FloatRange(0, 1, max_open=True), help="Drop this share of the recurrence's inputs and outputs at random in training (the torch engine).  [default: 0]")
 @click.option("--weight-decay", type=FloatRange(min=0), help="Weight decay (L2 with SGD, decoupled AdamW with Adam).  [default: 0]")
 @click.option("--augment-transpose", type=click.IntRange(0, 127), metavar="K", help="Shift each training sequence by a random number of semitones in [-K, K] every epoch (notes off the keyboard dropped and counted).  [default: 0]")
-@click.option("--patience", type=click.IntRange(min=0), help="Stop when validation LL has not improved for N estimates (0 = never).  [default: 10]")
+@click.option("--patience", type=click.IntRange(min=0), help="Stop when validation LL has not improved for N estimates (0 = never; with --resume, a run that stopped early goes on when N is larger).  [default: 10]")
 @click.option("--pretrain-rbm-epochs", type=click.IntRange(min=0), help="First train the RBM alone on shuffled frames for N epochs.  [default: 0]")
 @click.option("--pretrain-rbm-lr", type=FloatRange(min=0, min_open=True), help="SGD learning rate of RBM pretraining.  [default: 0.01]")
 @click.option("--pretrain-rnn-epochs", type=click.IntRange(min=0), help="Then train the RNN alone (cross-entropy prediction of each frame) for N epochs.  [default: 0]")
@@ -76,6 +76,7 @@ def train(ctx, preset, config_file, resume, mirror, cache_dir, tensorboard, as_j
       rnnrbm train --epochs 200 --device cuda
       rnnrbm train --preset tutorial --epochs 10
       rnnrbm train --resume runs/nottingham-20261124-120000 --epochs 300
+      rnnrbm train --resume runs/nottingham-20261124-120000 --patience 20
     """
     import signal
 
@@ -88,9 +89,12 @@ def train(ctx, preset, config_file, resume, mirror, cache_dir, tensorboard, as_j
     given = {k: v for k, v in flags.items() if v is not None}
     command = " ".join(["rnnrbm", *[_shell_quote(a) for a in sys.argv[1:]]])
     if resume:
-        extra = sorted(set(given) - {"epochs", "device"}) + (["preset"] if preset else []) + (["config"] if config_file else [])
+        from rnnrbm_cli.train import RESUME_CHANGES
+
+        extra = sorted(set(given) - {*RESUME_CHANGES, "device"}) + (["preset"] if preset else []) + (["config"] if config_file else [])
         if extra:
-            raise click.UsageError(f"--resume continues a run with its own settings; only --epochs and --device may be given (not {', '.join('--' + e.replace('_', '-') for e in extra)}).")
+            allowed = ", ".join(f"--{k}" for k in (*RESUME_CHANGES, "device"))
+            raise click.UsageError(f"--resume continues a run with its own settings; only {allowed} may be given (not {', '.join('--' + e.replace('_', '-') for e in extra)}).")
     else:
         settings = merge_settings(preset, config_file, given)
         from rnnrbm_cli.models import record
@@ -107,7 +111,8 @@ def train(ctx, preset, config_file, resume, mirror, cache_dir, tensorboard, as_j
     old = {s: signal.signal(s, lambda signum, frame: stop.set(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if resume:
-            trainer = resume_training(resume, device, given.get("epochs"), command, heard, stop, cache_dir, mirror)
+            trainer = resume_training(resume, device, given.get("epochs"), command, heard, stop, cache_dir, mirror,
+                                      patience=given.get("patience"))
         else:
             trainer = start_training(settings, device, command, heard, stop, cache_dir, mirror)
         result = trainer.train()

@@ -53,7 +53,8 @@ class ModelSelection:
     def load(self, metrics: dict[str, Any]) -> None:
         self.best = metrics.get("best")
         self.evals_since_best = int(metrics.get("evals_since_best") or 0)
-        self.stopped_early = bool(metrics.get("stopped_early"))
+        # from the count, not the saved flag: a run resumed with more patience goes on
+        self.stopped_early = bool(self.patience and self.evals_since_best >= self.patience)
 
 
 class ParameterAverage:

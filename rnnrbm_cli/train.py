@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from rnnrbm_cli.prepared import is_prepared_path, prepared_sha256
 from rnnrbm_cli.selection import ModelSelection, ParameterAverage
 from rnnrbm_cli.stages import STAGE_NAMES, Stage, StagePlan, fine_tuning_optimizer, schedule, step_schedule
 
-__all__ = ["Trainer", "TrainResult", "Callbacks", "CallbackList", "StopFlag", "TrainingInterrupted", "TrainingDiverged", "STAGE_NAMES",
+__all__ = ["Trainer", "TrainResult", "Callbacks", "CallbackList", "StopFlag", "TrainingInterrupted", "TrainingDiverged", "STAGE_NAMES", "RESUME_CHANGES",
            "new_trainer", "resume_trainer", "default_run_name"]
 
 RUNS_DIR = "runs"  # where default run directories are made, relative to the working directory
@@ -627,11 +628,11 @@ def _agree_on_start(trainer: Trainer, problem: RnnrbmError | None) -> None:
         raise problem
 
 
-def _check_config_file(run_dir: Path, settings: Settings, epochs_given: bool) -> None:
+def _check_config_file(run_dir: Path, settings: Settings, changed: Iterable[str]) -> None:
     """A run resumes with its checkpoint's settings; a config.json that says otherwise (a
     hand edit) would be ignored silently and then misdescribe the run, so it is refused,
-    naming the keys. (epochs may differ when --epochs gives the new value; the one given is
-    then written to config.json too.)"""
+    naming the keys. (The ``changed`` ones, of RESUME_CHANGES, may differ: the values given
+    are then written to config.json too.)"""
     path = run_dir / rundir.CONFIG_FILE
     if not path.is_file():
         return
@@ -640,8 +641,8 @@ def _check_config_file(run_dir: Path, settings: Settings, epochs_given: bool) ->
     except RnnrbmUsageError as e:
         raise RnnrbmUsageError(f"{str(e).rstrip('.')} (in {path}, which --resume checks against checkpoint.pt).") from None
     diff = differences(written, settings)
-    if epochs_given:
-        diff.pop("epochs", None)
+    for key in changed:
+        diff.pop(key, None)
     if diff:
         keys = ", ".join(f"{k} ({a!r} there, {b!r} in checkpoint.pt)" for k, (a, b) in diff.items())
         raise RnnrbmUsageError(
@@ -650,9 +651,16 @@ def _check_config_file(run_dir: Path, settings: Settings, epochs_given: bool) ->
         )
 
 
-def resume_trainer(run_dir, device, data_for, epochs=None, command="", callbacks=None, stop=None, world=None) -> Trainer:
+# The settings a resumed run may change: both only say when it stops, so a run resumed with
+# new values trains as one started with them would have (until the old ones would stop it).
+RESUME_CHANGES = ("epochs", "patience")
+
+
+def resume_trainer(run_dir, device, data_for, epochs=None, command="", callbacks=None, stop=None, world=None,
+                   patience=None) -> Trainer:
     """A trainer that continues the run in ``run_dir`` from its latest checkpoint (locked by
-    the main process under torchrun).
+    the main process under torchrun); ``epochs`` and ``patience`` (RESUME_CHANGES), when
+    given, replace the run's.
 
     data_for : payload -> (prepared data, its path): the data the checkpoint was trained on
     (``api.resume_training`` hands the resolver in; the loop knows no data names).
@@ -674,16 +682,16 @@ def resume_trainer(run_dir, device, data_for, epochs=None, command="", callbacks
     try:
         payload = load_checkpoint(ckpt)
         settings = settings_from_checkpoint(payload).with_values(run_dir=str(run_dir))
-        _check_config_file(run_dir, settings, epochs_given=epochs is not None)
-        if epochs is not None:
-            settings = settings.with_values(epochs=epochs)
+        changes = {k: v for k, v in zip(RESUME_CHANGES, (epochs, patience)) if v is not None}
+        _check_config_file(run_dir, settings, changes)
+        settings = settings.with_values(**changes)
         data, path = data_for(payload)
         trainer = Trainer(settings, device, data, path, callbacks, stop, world)
         trainer.load_state(payload)
         if main:
             rundir.trim_metrics(run_dir, trainer.epoch)
             rundir.append_command(run_dir, command)
-            if epochs is not None:
+            if changes:
                 rundir.write_config(run_dir, settings.sections())  # so that config.json keeps describing the run
     except BaseException:
         if lock is not None:

@@ -140,6 +140,36 @@ def test_early_stopping_stops_and_keeps_the_best(toy_npz, tmp_path, monkeypatch)
     assert best["epoch"] == 2 and best["metrics"]["best"]["value"] == -7.0
 
 
+def test_a_run_that_stopped_early_goes_on_when_resumed_with_more_patience(toy_npz, tmp_path, monkeypatch):
+    from rnnrbm_cli import train
+
+    script = [-9.0, -7.0, -7.5, -8.0, -6.0, -5.0, -5.5]  # by epoch (self.epoch counts the finished ones): a patience of 2 stops at 4, of 3 goes on
+    monkeypatch.setattr(train.Trainer, "valid_log_likelihood",
+                        lambda self: {"valid_ll": script[self.epoch], "valid_ll_stderr": 0.1})
+    make_trainer(toy_npz, tmp_path / "whole", epochs=7, eval_every=1, patience=3).train()
+    make_trainer(toy_npz, tmp_path / "part", epochs=7, eval_every=1, patience=2).train()
+    assert [m["epoch"] for m in metrics_of(tmp_path / "part")] == [1, 2, 3, 4]
+
+    again = resume_training(tmp_path / "part", torch.device("cpu"))  # its own patience: stays stopped
+    again.train()
+    assert again.epoch == 4
+    resumed = resume_training(tmp_path / "part", torch.device("cpu"), patience=3)
+    resumed.train()
+    whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    def learned(run):  # what each epoch learned, not when or how fast, nor the old stop
+        return [{k: v for k, v in m.items() if k not in ("seconds", "frames_per_second", "time", "stopped_early")}
+                for m in metrics_of(tmp_path / run)]
+
+    assert resumed.epoch == 7 and learned("part") == learned("whole")
+    for k, v in whole["model_state"].items():
+        assert torch.equal(params(resumed)[k], v), k
+    best = torch.load(tmp_path / "part" / "best.pt", weights_only=True)
+    assert best["epoch"] == 6 and json.loads((tmp_path / "part" / "config.json").read_text())["optim"]["patience"] == 3
+    # fewer estimates of patience than it has waited: it stops again at once
+    assert resume_training(tmp_path / "part", torch.device("cpu"), epochs=9, patience=1).train() is not None
+    assert [m["epoch"] for m in metrics_of(tmp_path / "part")][-1] == 7
+
+
 def test_the_plateau_schedule_decays_when_validation_stalls(toy_npz, tmp_path, monkeypatch):
     scripted_validation(monkeypatch, [-9.0, -8.0, -8.5, -8.5, -8.5, -8.5])
     t = make_trainer(toy_npz, tmp_path / "run", epochs=6, eval_every=1, patience=0, lr=0.04, lr_schedule="plateau",

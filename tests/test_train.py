@@ -168,7 +168,18 @@ def test_cuda_without_cuda_is_a_usage_error(toy_npz, tmp_path):
 
 def test_resume_refuses_changed_settings(toy_npz, tmp_path):
     r = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path), "--lr", "0.1"])
-    assert r.exit_code == 2 and "--lr" in r.stderr
+    assert r.exit_code == 2 and "--lr" in r.stderr and "only --epochs, --patience, --device" in r.stderr
+
+
+def test_resume_takes_a_new_patience_and_config_json_says_it(toy_npz, tmp_path):
+    run_dir = tmp_path / "run"
+    r = run_cli("train", "--data", toy_npz, "--epochs", "2", "--n-hidden", "16", "--n-recurrent", "8", "--chunk", "12",
+                "--eval-every", "1", "--eval-frames", "20", "--patience", "1", "--device", "cpu", "--run-dir", run_dir)
+    assert r.exit_code == 0, r.output
+    r = run_cli("train", "--resume", run_dir, "--epochs", "3", "--patience", "4", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((run_dir / "config.json").read_text())["optim"]["patience"] == 4
+    assert run_cli("train", "--resume", run_dir).exit_code == 0  # config.json agrees with the checkpoint
 
 
 @pytest.mark.slow
