@@ -290,6 +290,9 @@ def test_the_paper_preset_adapts_to_the_data_and_flags_still_win():
     assert (notts.model.n_hidden, jsb.model.n_hidden) == (200, 150)
     assert notts.optim.pretrain_rnn_epochs == jsb.optim.pretrain_rnn_epochs == 40  # the same pretraining
     assert merge_settings("paper", None, {"data": "nottingham", "lr": 0.001}).optim.lr == 0.001
+    piano = merge_settings("paper", None, {"data": "piano-midi.de"})
+    assert (piano.model.n_hidden, piano.optim.lr, piano.optim.epochs, piano.optim.ema, piano.eval.eval_method) == (
+        200, 0.0003, 400, 0.99995, "raise")
 
 
 def test_the_tutorials_plain_sgd_on_small_data_says_so(toy_npz, tmp_path):
