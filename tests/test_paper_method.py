@@ -283,9 +283,9 @@ def test_the_paper_preset_adapts_to_the_data_and_flags_still_win():
 
     jsb = merge_settings("paper", None, {"data": "jsb-chorales"})
     notts = merge_settings("paper", None, {"data": "nottingham"})
-    assert (jsb.optim.lr, jsb.optim.epochs, jsb.eval.eval_method) == (0.003, 150, "ais")
+    assert (jsb.optim.lr, jsb.optim.epochs, jsb.eval.eval_method) == (0.003, 300, "ais")
     assert (notts.optim.lr, notts.optim.epochs, notts.eval.eval_method, notts.eval.eval_betas) == (0.0003, 120, "raise", 1000)
-    assert (notts.optim.ema, jsb.optim.ema) == (0.99995, 0.0)
+    assert (notts.optim.ema, jsb.optim.ema, jsb.optim.epochs) == (0.99995, 0.9995, 300)
     assert (notts.optim.lr_schedule, jsb.optim.lr_schedule) == ("constant", "plateau")
     assert (notts.model.n_hidden, jsb.model.n_hidden) == (200, 150)
     assert notts.optim.pretrain_rnn_epochs == jsb.optim.pretrain_rnn_epochs == 40  # the same pretraining
