@@ -34,10 +34,18 @@ def run_summary(run: Path) -> dict:
     valid = metrics.column("valid_ll")
     best = int(np.nanargmax(valid)) if np.isfinite(valid).any() else len(valid) - 1
     seconds = np.nansum(metrics.column("seconds")) + np.nansum(metrics.column("valid_ll_seconds"))
+    if "raise_log_likelihood" in test:  # an RNN-RBM evaluated with --method both: the conservative side
+        figures["raise"], figures["raise_se"] = float(test["raise_log_likelihood"]), float(test["raise_log_likelihood_stderr"])
     return {"run": run.name, "ll": figures["log_likelihood"], "se": figures["log_likelihood_stderr"],
+            "raise": figures.get("raise"), "raise_se": figures.get("raise_se"),
             "acc": figures["frame_accuracy"], "frames": int(figures["frames"]),
             "best_epoch": metrics.epochs[best]["epoch"], "valid_ll": valid[best],
             "epochs": metrics.epochs[-1]["epoch"], "seconds": float(seconds)}
+
+
+def mean_and_spread(values: list[float]) -> str:
+    spread = f", sd {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.3f}{spread}"
 
 
 def main(argv: list[str]) -> int:
@@ -55,11 +63,12 @@ def main(argv: list[str]) -> int:
         print(e, file=sys.stderr)
         return 1
     for r in rows:
-        print(f"{r['run']:44s} test {r['ll']:.3f} ± {r['se']:.3f} ({r['frames']:,} frames)  ACC {r['acc']:.1f}%  "
+        lower = f" (RAISE {r['raise']:.3f} ± {r['raise_se']:.3f})" if r["raise"] is not None else ""
+        print(f"{r['run']:44s} test {r['ll']:.3f} ± {r['se']:.3f}{lower} ({r['frames']:,} frames)  ACC {r['acc']:.1f}%  "
               f"valid {r['valid_ll']:.3f} at epoch {r['best_epoch']} of {r['epochs']}  {r['seconds']:.0f} s")
-    lls = [r["ll"] for r in rows]
-    spread = f", sd {statistics.stdev(lls):.3f}" if len(lls) > 1 else ""
-    print(f"mean of {len(lls)}: {statistics.fmean(lls):.3f}{spread}; ACC {statistics.fmean(r['acc'] for r in rows):.1f}%")
+    print(f"mean of {len(rows)}: {mean_and_spread([r['ll'] for r in rows])}; ACC {statistics.fmean(r['acc'] for r in rows):.1f}%")
+    if all(r["raise"] is not None for r in rows):
+        print(f"RAISE (conservative) mean of {len(rows)}: {mean_and_spread([r['raise'] for r in rows])}")
     return 0
 
 
