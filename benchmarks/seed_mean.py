@@ -25,7 +25,10 @@ def run_summary(run: Path) -> dict:
     """One run's figures; RnnrbmError (one sentence) when its files cannot be read."""
     try:
         test = json.loads((run / "test.json").read_text())
-        figures = {k: float(test[k]) for k in ("log_likelihood", "log_likelihood_stderr", "frame_accuracy", "frames")}
+        keys = ["log_likelihood", "log_likelihood_stderr", "frame_accuracy", "frames"]
+        if "raise_log_likelihood" in test:  # an RNN-RBM evaluated with --method both: the conservative side too
+            keys += ["raise_log_likelihood", "raise_log_likelihood_stderr"]
+        figures = {k: float(test[k]) for k in keys}
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise RnnrbmError(f"{run / 'test.json'} is not the output of rnnrbm evaluate --json ({e}).") from None
     metrics = read_metrics(run)  # a resumed run's repeated epochs count once
@@ -34,10 +37,8 @@ def run_summary(run: Path) -> dict:
     valid = metrics.column("valid_ll")
     best = int(np.nanargmax(valid)) if np.isfinite(valid).any() else len(valid) - 1
     seconds = np.nansum(metrics.column("seconds")) + np.nansum(metrics.column("valid_ll_seconds"))
-    if "raise_log_likelihood" in test:  # an RNN-RBM evaluated with --method both: the conservative side
-        figures["raise"], figures["raise_se"] = float(test["raise_log_likelihood"]), float(test["raise_log_likelihood_stderr"])
     return {"run": run.name, "ll": figures["log_likelihood"], "se": figures["log_likelihood_stderr"],
-            "raise": figures.get("raise"), "raise_se": figures.get("raise_se"),
+            "raise": figures.get("raise_log_likelihood"), "raise_se": figures.get("raise_log_likelihood_stderr"),
             "acc": figures["frame_accuracy"], "frames": int(figures["frames"]),
             "best_epoch": metrics.epochs[best]["epoch"], "valid_ll": valid[best],
             "epochs": metrics.epochs[-1]["epoch"], "seconds": float(seconds)}

@@ -47,3 +47,8 @@ def test_a_broken_test_json_is_one_sentence(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("runs/results-rnn-jsb-chorales/test.json is not the output of rnnrbm evaluate --json")
     assert seed_mean.main(["rnn", "musedata"]) == 1 and "no finished" in capsys.readouterr().err
+    write_run(tmp_path / "runs" / "results-rnn-rbm-jsb-chorales", -6.1, -6.2, [-6.5])
+    test = json.loads((tmp_path / "runs" / "results-rnn-rbm-jsb-chorales" / "test.json").read_text())
+    (tmp_path / "runs" / "results-rnn-rbm-jsb-chorales" / "test.json").write_text(json.dumps(test | {"raise_log_likelihood_stderr": None}))
+    assert seed_mean.main(["rnn-rbm", "jsb-chorales"]) == 1
+    assert "is not the output of rnnrbm evaluate --json" in capsys.readouterr().err
