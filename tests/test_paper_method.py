@@ -291,8 +291,10 @@ def test_the_paper_preset_adapts_to_the_data_and_flags_still_win():
     assert notts.optim.pretrain_rnn_epochs == jsb.optim.pretrain_rnn_epochs == 40  # the same pretraining
     assert merge_settings("paper", None, {"data": "nottingham", "lr": 0.001}).optim.lr == 0.001
     piano = merge_settings("paper", None, {"data": "piano-midi.de"})
-    assert (piano.model.n_hidden, piano.optim.lr, piano.optim.epochs, piano.optim.ema, piano.eval.eval_method) == (
-        200, 0.0003, 400, 0.99995, "raise")
+    muse = merge_settings("paper", None, {"data": "musedata"})
+    for large in (piano, muse):  # Nottingham's recipe, with up to 400 epochs
+        assert (large.model.n_hidden, large.optim.lr, large.optim.epochs, large.optim.ema, large.eval.eval_method) == (
+            200, 0.0003, 400, 0.99995, "raise")
 
 
 def test_the_tutorials_plain_sgd_on_small_data_says_so(toy_npz, tmp_path):
