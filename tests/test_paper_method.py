@@ -292,9 +292,13 @@ def test_the_paper_preset_adapts_to_the_data_and_flags_still_win():
     assert merge_settings("paper", None, {"data": "nottingham", "lr": 0.001}).optim.lr == 0.001
     piano = merge_settings("paper", None, {"data": "piano-midi.de"})
     muse = merge_settings("paper", None, {"data": "musedata"})
-    for large in (piano, muse):  # Nottingham's recipe, with up to 400 epochs
-        assert (large.model.n_hidden, large.optim.lr, large.optim.epochs, large.optim.ema, large.eval.eval_method) == (
-            200, 0.0003, 400, 0.99995, "raise")
+    def recipe(s):
+        return (s.model.n_hidden, s.optim.lr, s.optim.epochs, s.optim.ema, s.eval.eval_method, s.optim.augment_transpose)
+
+    # Nottingham's recipe with more epochs; Piano-midi.de's with 300 units and shifted pieces
+    assert recipe(muse) == (200, 0.0003, 400, 0.99995, "raise", 0)
+    assert recipe(piano) == (300, 0.0003, 1000, 0.99995, "raise", 3)
+    assert recipe(notts) == (200, 0.0003, 120, 0.99995, "raise", 0)
 
 
 def test_the_tutorials_plain_sgd_on_small_data_says_so(toy_npz, tmp_path):
