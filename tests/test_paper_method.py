@@ -344,7 +344,7 @@ def test_train_ema_from_the_command_line_writes_the_average_into_best_pt(toy_npz
     assert r.exit_code == 0, r.stderr
 
 
-def test_the_rnn_nade_preset_averages_its_parameters_everywhere_and_steps_larger_on_nottingham():
+def test_the_rnn_nade_preset_averages_everywhere_steps_larger_on_nottingham_and_shifts_piano_midi():
     from rnnrbm_cli.config import merge_settings
 
     def paper(data, **flags):
@@ -354,6 +354,10 @@ def test_the_rnn_nade_preset_averages_its_parameters_everywhere_and_steps_larger
     assert (paper("nottingham").batch, paper("nottingham").lr) == (4, 0.002)
     assert (paper("jsb-chorales").batch, paper("jsb-chorales").lr) == (1, 0.001)
     assert paper("nottingham", ema=0.0).ema == 0.0
+    shifts = {d: (paper(d).augment_transpose, paper(d).patience, paper(d).epochs)
+              for d in ("jsb-chorales", "nottingham", "piano-midi.de", "musedata")}
+    assert shifts == {"jsb-chorales": (0, 10, 150), "nottingham": (0, 10, 150), "piano-midi.de": (3, 20, 300),
+                      "musedata": (0, 10, 150)}
 
 
 def test_the_rnn_preset_knows_every_dataset():
