@@ -93,6 +93,11 @@ PAPER_COMMON = {
     "eval_frames": 500, "eval_chains": 50, "eval_betas": 100, "eval_method": "ais",
 }
 
+# Each training piece shifted by up to 3 semitones every epoch, and the time that slow late rise
+# needs: 20 estimates without a new best, up to 300 epochs (README, Results: the paper presets
+# of the RNN and RNN-NADE on the small training splits).
+SHIFTED = {"augment_transpose": 3, "patience": 20, "epochs": 300}
+
 
 def tempered(model: nn.Module, temperature: float) -> nn.Module:
     """The model to sample from at ``temperature``: itself at 1 (the same samples, bit for

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from rnnrbm_cli.models.base import PAPER_COMMON, CostResult, ModelConfig, Recurrent, masked_mean, normal_init
+from rnnrbm_cli.models.base import PAPER_COMMON, SHIFTED, CostResult, ModelConfig, Recurrent, masked_mean, normal_init
 from rnnrbm_cli.models.record import EXACT, ModelRecord
 
 # Frames of a (frames, n_visible, n_hidden) working tensor at once: ~0.5 GB in float32
@@ -183,10 +183,10 @@ RECORD = ModelRecord(
         # Piano-midi.de overfits (87 training pieces): shifting each training piece by up to 3
         # semitones every epoch, as the RNN's and RNN-RBM's presets there, -6.981 (epoch 102, ten
         # estimates without a new best) against -7.49; waiting 20, up to 300 epochs, -6.853 (163).
-        "piano-midi.de": {"augment_transpose": 3, "patience": 20, "epochs": 300},
+        "piano-midi.de": SHIFTED,
         # JSB chorales the same: shifted pieces stopped at patience 10 (-5.330, see above), but
         # waiting 20 estimates, up to 300 epochs, they reach -5.083 (epoch 282) against -5.253.
-        "jsb-chorales": {"augment_transpose": 3, "patience": 20, "epochs": 300},
+        "jsb-chorales": SHIFTED,
     },
     search_space={
         "optimizer": "adam",
