@@ -101,7 +101,7 @@ RECORD = ModelRecord(
         # Less dropout fits faster (0: -7.480 at epoch 19, then overfits; 0.1: -7.360 at 34, flat
         # after), but whole pieces scored 0.08-0.12 below 100-frame chunks of the same pieces:
         # the recurrence had never run past 100 frames in training. Chunks of 300 frames (most
-        # pieces whole: 468 frames on average) close that gap and keep rising: -7.187 (epoch 55).
+        # pieces whole: 468 frames on average) close that gap and keep rising: -7.174 (epoch 78).
         "musedata": {"lr": 0.003, "dropout": 0.1, "chunk": 300, "ema": 0.9995, "clip_grad": 1.0,
                      "patience": 20, "epochs": 300},
         # Piano-midi.de overfits most (train -7.63 against valid -8.96 at 0.01, epoch 18); dropout
