@@ -367,9 +367,10 @@ def test_the_rnn_preset_knows_every_dataset():
     assert (notts.batch, notts.lr, notts.dropout) == (4, 0.003, 0.0)
     jsb = merge_settings("paper", None, {"data": "jsb-chorales", "model_type": "rnn"}).optim
     assert (jsb.batch, jsb.lr, jsb.dropout) == (1, 0.003, 0.3)
-    muse = merge_settings("paper", None, {"data": "musedata", "model_type": "rnn"}).optim
+    muse_settings = merge_settings("paper", None, {"data": "musedata", "model_type": "rnn"})
+    muse = muse_settings.optim
     assert (muse.batch, muse.lr, muse.dropout, muse.augment_transpose, muse.ema, muse.clip_grad) == (1, 0.003, 0.1, 3, 0.9995, 1.0)
-    assert merge_settings("paper", None, {"data": "musedata", "model_type": "rnn"}).model.n_recurrent == 150
+    assert muse_settings.model.n_recurrent == 150
     assert merge_settings("paper", None, {"data": "jsb-chorales", "model_type": "rnn"}).model.n_recurrent == 100
     piano = merge_settings("paper", None, {"data": "piano-midi.de", "model_type": "rnn"}).optim
     assert (piano.lr, piano.dropout, piano.augment_transpose, piano.ema, piano.clip_grad) == (0.003, 0.3, 3, 0.9995, 1.0)
