@@ -189,9 +189,10 @@ def curves_figure(
                     color="tab:green", marker="s", markersize=4, linestyle="-", capsize=2)
     ax.set_ylabel("nats per frame")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
-    ax.set_title(title)
     _mark_stages(axes, metrics)
+    # "best": where it hides the fewest points (the curves end at the lower right)
+    ax.legend(loc="best", fontsize="small")
+    ax.set_title(title)
 
     if has_acc:
         acc = metrics.column("valid_acc")
@@ -214,19 +215,24 @@ _STAGE_LABELS = {"rbm": "RBM pretraining", "rnn": "RNN pretraining"}
 
 
 def _mark_stages(axes, metrics: Metrics) -> None:
-    """Shade the pretraining stages (metrics lines name their stage) and label them."""
+    """Shade the pretraining stages (metrics lines name their stage), named in the legend.
+
+    A legend entry rather than a label on the plot: a 20-epoch stage of a 500-epoch run
+    is too narrow to hold its name, and two such labels overlap.
+    """
     stages = [r.get("stage", "fine") for r in metrics.epochs]
     epochs = [r["epoch"] for r in metrics.epochs]
-    start = 0
+    start, named = 0, set()
     for i in range(1, len(stages) + 1):
         if i == len(stages) or stages[i] != stages[start]:
             name = stages[start]
             if name in _STAGE_LABELS:
                 lo, hi = epochs[start] - 0.5, epochs[i - 1] + 0.5
                 for ax in axes:
-                    ax.axvspan(lo, hi, color="tab:olive" if name == "rbm" else "tab:cyan", alpha=0.12, linewidth=0)
-                axes[0].text((lo + hi) / 2, 0.98, _STAGE_LABELS[name], transform=axes[0].get_xaxis_transform(),
-                             ha="center", va="top", fontsize="small")
+                    label = _STAGE_LABELS[name] if ax is axes[0] and name not in named else None
+                    ax.axvspan(lo, hi, color="tab:olive" if name == "rbm" else "tab:cyan", alpha=0.12, linewidth=0,
+                               label=label)
+                named.add(name)
             start = i
 
 

@@ -226,3 +226,23 @@ def test_the_curves_name_how_the_validation_ll_was_found(tmp_path):
         fig = curves_figure(read_metrics(run_dir))
         labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
         assert f"valid log-likelihood ({label})" in labels, labels
+
+
+def test_pretraining_stages_are_shaded_on_every_panel_and_named_once_in_the_legend(tmp_path):
+    """Narrow stages of a long run are named in the legend, not by labels that overlap."""
+    import json
+
+    from rnnrbm_cli.plot import curves_figure, read_metrics
+
+    stages = ["rbm"] * 2 + ["rnn"] * 3 + ["fine"] * 95
+    lines = [json.dumps({"epoch": e, "stage": st, "train_monitor": -10.0 + e / 100, "seconds": 1.0})
+             for e, st in enumerate(stages, start=1)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    fig = curves_figure(read_metrics(tmp_path))
+    top, seconds = fig.axes
+    labels = [t.get_text() for t in top.get_legend().get_texts()]
+    assert labels.count("RBM pretraining") == 1 and labels.count("RNN pretraining") == 1, labels
+    assert len(top.texts) == 0
+    for ax in (top, seconds):
+        spans = [p for p in ax.patches if p.get_alpha() == 0.12]
+        assert [(p.get_x(), p.get_x() + p.get_width()) for p in spans] == [(0.5, 2.5), (2.5, 5.5)]
