@@ -283,15 +283,16 @@ def test_the_paper_preset_adapts_to_the_data_and_flags_still_win():
 
     jsb = merge_settings("paper", None, {"data": "jsb-chorales"})
     notts = merge_settings("paper", None, {"data": "nottingham"})
-    assert (jsb.optim.lr, jsb.optim.epochs, jsb.eval.eval_method) == (0.003, 300, "ais")
+    piano = merge_settings("paper", None, {"data": "piano-midi.de"})
+    muse = merge_settings("paper", None, {"data": "musedata"})
+    assert (jsb.optim.lr, jsb.optim.epochs, jsb.eval.eval_method) == (0.003, 600, "ais")
     assert (notts.optim.lr, notts.optim.epochs, notts.eval.eval_method, notts.eval.eval_betas) == (0.0003, 200, "raise", 1000)
-    assert (notts.optim.ema, jsb.optim.ema, jsb.optim.epochs) == (0.99995, 0.9995, 300)
+    assert (notts.optim.ema, jsb.optim.ema, jsb.optim.dropout) == (0.99995, 0.9995, 0.2)
+    assert notts.optim.dropout == piano.optim.dropout == muse.optim.dropout == 0.0  # JSB's alone overfits early
     assert (notts.optim.lr_schedule, jsb.optim.lr_schedule) == ("constant", "plateau")
     assert (notts.model.n_hidden, jsb.model.n_hidden) == (200, 150)
     assert notts.optim.pretrain_rnn_epochs == jsb.optim.pretrain_rnn_epochs == 40  # the same pretraining
     assert merge_settings("paper", None, {"data": "nottingham", "lr": 0.001}).optim.lr == 0.001
-    piano = merge_settings("paper", None, {"data": "piano-midi.de"})
-    muse = merge_settings("paper", None, {"data": "musedata"})
     def recipe(s):
         return (s.model.n_hidden, s.optim.lr, s.optim.epochs, s.optim.ema, s.eval.eval_method, s.optim.augment_transpose,
                 s.optim.weight_decay)
