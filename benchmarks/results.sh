@@ -9,8 +9,8 @@
 # 25 minutes to train and about 40 minutes per 100 x 1000 pass over its 44,463 test frames on a
 # 2-core CPU (200 hidden units).
 set -euo pipefail
-# A third argument is the seed (default the preset's 1234); the README's RNN-NADE and RNN cells,
-# and the RNN-RBM's JSB cell, are means over seeds 1234, 1235 and 1236:
+# A third argument is the seed (default the preset's 1234); the README's cells are means over
+# seeds 1234, 1235 and 1236 (the RNN-RBM's JSB cell over 1234-1238):
 #   for seed in 1234 1235 1236; do bash benchmarks/results.sh rnn-nade piano-midi.de $seed; done
 # and benchmarks/seed_mean.py prints the mean, spread and ACC of such runs from their test.json.
 model=${1:-rnn-rbm}
