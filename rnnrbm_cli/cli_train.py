@@ -145,6 +145,11 @@ def _shell_quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
+# Who fine-tunes, as the run's first line says it: the engine decides the speed (the kernels
+# drop no units, so a --dropout run trains on torch, several times slower on a CPU).
+_ENGINES = {"numba": "compiled kernels", "torch": "torch engine"}
+
+
 class _TrainProgress:
     """Draws the training loop's events: a tqdm bar per epoch (on a terminal) and one line
     per epoch, which ends with the time the whole run has left (every stage), so that a log
@@ -164,7 +169,8 @@ class _TrainProgress:
         self.epochs = info["epochs"]
         self.eta = RunEta(info.get("stages") or [["fine", info["epochs"]]])
         err_console.print(
-            f"Run directory: {info['run_dir']}  (device {info['device']}, {info['train_sequences']:,} sequence{'s' if info['train_sequences'] != 1 else ''}, "
+            f"Run directory: {info['run_dir']}  (device {info['device']}, {_ENGINES.get(info.get('backend'), 'torch')}, "
+            f"{info['train_sequences']:,} sequence{'s' if info['train_sequences'] != 1 else ''}, "
             f"{info['train_frames']:,} frames, {info['train_chunks']:,} chunk{'s' if info['train_chunks'] != 1 else ''})"
         )
 

@@ -32,7 +32,7 @@ from rnnrbm_cli.checkpoint import (
 from rnnrbm_cli.chunks import ChunkedData
 from rnnrbm_cli.config import Settings, differences, read_settings_file, resolve_settings, settings_from_checkpoint
 from rnnrbm_cli.distributed import DataParallel
-from rnnrbm_cli.engines import objective_for
+from rnnrbm_cli.engines import objective_for, resolve_backend
 from rnnrbm_cli.errors import RnnrbmError, RnnrbmUsageError
 from rnnrbm_cli.prepared import is_prepared_path, prepared_sha256
 from rnnrbm_cli.selection import ModelSelection, ParameterAverage
@@ -278,6 +278,12 @@ class Trainer:
         return Stage(name, objective, self.train_data, self.valid_data, optim.batch, list(model.parameters()), optimizer,
                      schedule(optimizer, optim))
 
+    def fine_tuning_backend(self) -> str:
+        """"torch" or "numba": who computes fine-tuning, the stage most of a run spends in (the
+        same choice ``_build_stage`` makes; RNN pretraining is always torch)."""
+        binary = self.train_data.binary and (self.valid_data is None or self.valid_data.binary)
+        return resolve_backend(self.settings.run.backend, self.model, binary=binary, training=True)
+
     # Fewer plain-SGD steps than this at the tutorial's rate leave the model below an
     # independent-notes baseline (measured on JSB chorales: 48,600 steps, -10.70 against -10.48).
     MIN_TUTORIAL_STEPS = 200_000
@@ -387,7 +393,7 @@ class Trainer:
 
     def _train(self) -> TrainResult:
         self.callbacks.on_start({
-            "run_dir": str(self.run_dir), "device": str(self.device), "backend": self.objective.backend,
+            "run_dir": str(self.run_dir), "device": str(self.device), "backend": self.fine_tuning_backend(),
             "train_sequences": self.train_data.n_sequences, "train_frames": self.train_data.n_frames,
             "train_chunks": len(self.train_data.chunks), "epoch": self.epoch, "epochs": self.total_epochs,
             "stages": [list(stage) for stage in self.plan.stages],  # [name, epochs], in order
