@@ -215,4 +215,5 @@ def test_numba_backend_with_dropout_is_one_sentence_and_exit_2(toy_npz, tmp_path
                                  "numba", "--epochs", "1", "--n-hidden", "8", "--n-recurrent", "8", "--chunk", "12",
                                  "--device", "cpu", "--run-dir", str(tmp_path / "r")])
     assert r.exit_code == 2, r.output
-    assert "do not apply dropout" in r.output + (r.stderr if r.stderr_bytes else "")
+    said = r.output + (r.stderr if r.stderr_bytes else "")
+    assert "do not apply dropout" in said and "--dropout 0 turns it off" in said, said

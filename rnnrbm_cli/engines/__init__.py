@@ -138,7 +138,7 @@ def resolve_backend(backend: str, model: torch.nn.Module, *, binary: bool = True
         return "torch"
     problem = numba_problem(model, binary)
     if problem is None and training and getattr(model, "dropout", 0.0) > 0:
-        problem = "the compiled kernels do not apply dropout"
+        problem = "the compiled kernels do not apply dropout (--dropout 0 turns it off)"
     if backend == "auto":
         return "torch" if problem is not None or _numba_disabled() else "numba"
     if problem is not None:
