@@ -279,8 +279,8 @@ class Trainer:
                      schedule(optimizer, optim))
 
     def fine_tuning_backend(self) -> str:
-        """"torch" or "numba": who computes fine-tuning, the stage most of a run spends in (the
-        same choice ``_build_stage`` makes; RNN pretraining is always torch)."""
+        """The engine seam's name for who computes fine-tuning, the stage most of a run spends
+        in (the same choice ``_build_stage`` makes; RNN pretraining is always torch)."""
         binary = self.train_data.binary and (self.valid_data is None or self.valid_data.binary)
         return resolve_backend(self.settings.run.backend, self.model, binary=binary, training=True)
 
