@@ -272,15 +272,16 @@ class Trainer:
             params = parts["rnn"] + [model.bv]
             optimizer = torch.optim.Adam(params, lr=optim.pretrain_rnn_lr)
             return Stage(name, objective, self.train_data, self.valid_data, optim.batch, params, optimizer)
-        objective = objective_for(model, self.train_data, k=optim.k, backend=backend, generator=self.gibbs_gen,
-                                  valid=self.valid_data)
+        objective = objective_for(model, self.train_data, k=optim.k, backend=self.fine_tuning_backend(),
+                                  generator=self.gibbs_gen, valid=self.valid_data)
         optimizer = fine_tuning_optimizer(model, parts, optim)
         return Stage(name, objective, self.train_data, self.valid_data, optim.batch, list(model.parameters()), optimizer,
                      schedule(optimizer, optim))
 
     def fine_tuning_backend(self) -> str:
         """The engine seam's name for who computes fine-tuning, the stage most of a run spends
-        in (the same choice ``_build_stage`` makes; RNN pretraining is always torch)."""
+        in: ``_build_stage`` builds that stage on it, and the run's first line names it (RNN
+        pretraining is always torch)."""
         binary = self.train_data.binary and (self.valid_data is None or self.valid_data.binary)
         return resolve_backend(self.settings.run.backend, self.model, binary=binary, training=True)
 
