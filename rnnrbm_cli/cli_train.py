@@ -37,7 +37,7 @@ from rnnrbm_cli.cli import (
 @click.option("--lr-patience", type=click.IntRange(min=0), help="Plateau schedule: decay when more than N estimates have not improved.  [default: 2]")
 @click.option("--clip-grad", type=FloatRange(min=0), help="Clip the gradient's norm to this (0 = never).  [default: 0]")
 @click.option("--ema", type=FloatRange(0, 1, max_open=True), help="Average the fine-tuned parameters exponentially with this decay per update (e.g. 0.9999); validation and best.pt use the average (0 = none).  [default: 0]")
-@click.option("--dropout", type=FloatRange(0, 1, max_open=True), help="Drop this share of the recurrence's inputs and outputs at random in training (the torch engine).  [default: 0]")
+@click.option("--dropout", type=FloatRange(0, 1, max_open=True), help="Drop this share of the recurrence's inputs and outputs at random in training (the RNN-NADE: on the torch engine).  [default: 0]")
 @click.option("--weight-decay", type=FloatRange(min=0), help="Weight decay (L2 with SGD, decoupled AdamW with Adam).  [default: 0]")
 @click.option("--augment-transpose", type=click.IntRange(0, 127), metavar="K", help="Shift each training sequence by a random number of semitones in [-K, K] every epoch (notes off the keyboard dropped and counted).  [default: 0]")
 @click.option("--patience", type=click.IntRange(min=0), help="Stop when validation LL has not improved for N estimates (0 = never; with --resume, a run that stopped early goes on when N is larger).  [default: 10]")
@@ -145,8 +145,8 @@ def _shell_quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
-# Who fine-tunes, as the run's first line says it: the engine decides the speed (the kernels
-# drop no units, so a --dropout run trains on torch, several times slower on a CPU).
+# Who fine-tunes, as the run's first line says it: the engine decides the speed (the NADE's
+# kernels drop no units, so its --dropout run trains on torch, several times slower on a CPU).
 _ENGINES = {"numba": "compiled kernels", "torch": "torch engine"}
 
 

@@ -115,8 +115,8 @@ class OptimConfig:
     # Regularisers. Dropout: the share of the recurrence's inputs v(t) and of its outputs u(t-1)
     # (what conditions each frame's model) zeroed at random in every training update, the rest
     # scaled by 1 / (1 - dropout) (Zaremba et al. 2014: the non-recurrent connections only);
-    # validation, evaluation and sampling use the whole network. The compiled kernels do not
-    # drop units: dropout > 0 trains on the torch path.
+    # validation, evaluation and sampling use the whole network. The RNN-RBM's compiled kernels
+    # drop units as torch does; the RNN-NADE's do not (its dropout > 0 trains on torch).
     dropout: float = 0.0
     # Weight decay of every parameter: L2 added to the gradient with SGD, decoupled (AdamW) with Adam.
     weight_decay: float = 0.0

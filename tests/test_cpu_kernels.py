@@ -185,6 +185,64 @@ def test_compiled_gradient_equals_autograd_at_the_tutorial_size():
     assert_grads_close(m, grads_ref)
 
 
+def _with_dropout(m: RNNRBM, rate: float, seed: int) -> RNNRBM:
+    m.set_dropout(rate, torch.Generator().manual_seed(seed))
+    return m.train()
+
+
+@pytest.mark.parametrize("lengths", [[9], [7, 3, 5, 1]])
+def test_compiled_gradient_with_dropout_equals_autograd_with_the_same_masks(lengths):
+    # The kernels draw the torch model's masks (same generator, same order, the padded batch's
+    # layout), so with the same negative samples the cost and every gradient agree.
+    m = make_model(n_visible=7, n_hidden=5, n_recurrent=4, learn_u0=True)
+    seqs = [binary((L, 7), 0.4, seed=i) for i, L in enumerate(lengths)]
+    negs = [binary((L, 7), 0.4, seed=100 + i) for i, L in enumerate(lengths)]
+    cost_ref, grads_ref = autograd_reference(_with_dropout(m, 0.3, seed=5), seqs, negs)
+    _, grads_kept = autograd_reference(_with_dropout(m, 0.0, seed=5), seqs, negs)
+    assert not torch.allclose(grads_kept["Wvu"], grads_ref["Wvu"]), "the masks change the gradient"
+
+    m.zero_grad(set_to_none=True)
+    _with_dropout(m, 0.3, seed=5)
+    starts, lens = spans(lengths)
+    cost, _, _ = numba_cd(m, torch.cat(seqs).numpy(), starts, lens, 3, torch.Generator().manual_seed(0),
+                          v_neg=torch.cat(negs).numpy(), dropout=0.3)
+    assert cost == pytest.approx(cost_ref, rel=1e-5, abs=1e-6)
+    assert_grads_close(m, grads_ref)
+
+
+def test_compiled_gradient_with_dropout_at_the_tutorial_size():
+    m = make_model(scale=0.05)
+    lengths = [100, 37]
+    seqs = [binary((L, 88), 4 / 88, seed=i) for i, L in enumerate(lengths)]
+    negs = [binary((L, 88), 8 / 88, seed=50 + i) for i, L in enumerate(lengths)]
+    cost_ref, grads_ref = autograd_reference(_with_dropout(m, 0.2, seed=3), seqs, negs)
+    m.zero_grad(set_to_none=True)
+    _with_dropout(m, 0.2, seed=3)
+    cost, _, _ = numba_cd(m, torch.cat(seqs).numpy(), *spans(lengths), 15, v_neg=torch.cat(negs).numpy(), dropout=0.2)
+    assert cost == pytest.approx(cost_ref, rel=1e-4, abs=1e-5)
+    assert_grads_close(m, grads_ref)
+
+
+def test_the_compiled_objective_drops_units_in_training_mode_only(toy_npz):
+    from rnnrbm_cli.chunks import ChunkedData
+    from rnnrbm_cli.datasets import load_prepared
+
+    data = ChunkedData(load_prepared(toy_npz).splits["train"], 12, torch.device("cpu"))
+    m = make_model(n_visible=data.frames.shape[1], n_hidden=8, n_recurrent=6)
+    objective = engines.objective_for(m, data, k=1, backend="auto", generator=torch.Generator().manual_seed(0))
+    assert objective.backend == "numba"
+
+    def monitor():
+        return objective.monitor(data, torch.Generator().manual_seed(1))
+
+    m.eval()
+    plain = monitor()
+    _with_dropout(m, 0.5, seed=2)
+    dropped = monitor()
+    m.eval()
+    assert monitor() == plain != dropped  # eval mode drops nothing; training mode does
+
+
 def test_chunks_are_read_where_they_lie_in_the_frame_table():
     # The same two chunks, at other places in a larger table, give the same gradient.
     m = make_model(n_visible=7, n_hidden=5, n_recurrent=4)
@@ -407,12 +465,13 @@ def test_both_backends_learn_the_toy_data(toy_npz, tmp_path, optimizer, momentum
     assert np.isfinite(first["train_cost"])
 
 
-def test_compiled_training_resumes_exactly(toy_npz, tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_compiled_training_resumes_exactly(toy_npz, tmp_path, dropout):
     from rnnrbm_cli.api import resume_training
 
-    full = make_trainer(toy_npz, tmp_path / "full", epochs=3, backend="numba")
+    full = make_trainer(toy_npz, tmp_path / "full", epochs=3, backend="numba", dropout=dropout)
     full.train()
-    part = make_trainer(toy_npz, tmp_path / "part", epochs=2, backend="numba")
+    part = make_trainer(toy_npz, tmp_path / "part", epochs=2, backend="numba", dropout=dropout)
     part.train()
     resumed = resume_training(tmp_path / "part", torch.device("cpu"), epochs=3)
     assert resumed.objective.backend == "numba"

@@ -182,10 +182,11 @@ def test_resume_takes_a_new_patience_and_config_json_says_it(toy_npz, tmp_path):
     assert run_cli("train", "--resume", run_dir).exit_code == 0  # config.json agrees with the checkpoint
 
 
-@pytest.mark.parametrize("flags, engine", [([], "compiled kernels"), (["--dropout", "0.2"], "torch engine"),
-                                           (["--backend", "torch"], "torch engine")])
+@pytest.mark.parametrize("flags, engine", [([], "compiled kernels"), (["--dropout", "0.2"], "compiled kernels"),
+                                           (["--backend", "torch"], "torch engine"),
+                                           (["--model", "rnn-nade", "--dropout", "0.2"], "torch engine")])
 def test_the_first_line_names_the_engine_that_fine_tunes(toy_npz, tmp_path, monkeypatch, flags, engine):
-    """The kernels drop no units: a --dropout run fine-tunes on torch, and says so up front."""
+    """The NADE's kernels drop no units: its --dropout run fine-tunes on torch, and says so up front."""
     pytest.importorskip("numba")
     monkeypatch.delenv("RNNRBM_NO_NUMBA", raising=False)
     r = run_cli("train", "--data", toy_npz, "--epochs", "1", "--n-hidden", "16", "--n-recurrent", "8", "--chunk", "12",

@@ -118,17 +118,18 @@ def _numba_disabled() -> bool:
     return os.environ.get("RNNRBM_NO_NUMBA", "") not in ("", "0")
 
 
-def numba_problem(model: torch.nn.Module, binary: bool = True) -> str | None:
-    """Why the compiled kernels cannot run ``model`` on data that is (or is not) 0/1; None if they can."""
+def numba_problem(model: torch.nn.Module, binary: bool = True, training: bool = False) -> str | None:
+    """Why the compiled kernels cannot run ``model`` on data that is (or is not) 0/1, and when
+    ``training``, with its training settings (its dropout); None if they can."""
     rec = record_of(model)
     if rec.kernels is None:
         return f"they have no kernels for the {rec.name} model"
-    return _compiled(rec.kernels)[2](model, binary)
+    return _compiled(rec.kernels)[2](model, binary, training)
 
 
 def resolve_backend(backend: str, model: torch.nn.Module, *, binary: bool = True, training: bool = False) -> str:
     """"torch" or "numba": what ``backend`` ("auto", "torch", "numba") means for this model and data,
-    and, when ``training``, for its training settings (the kernels drop no units).
+    and, when ``training``, for its training settings (the NADE's kernels drop no units).
 
     An explicit "numba" that cannot run is a usage error saying why.
     """
@@ -136,9 +137,7 @@ def resolve_backend(backend: str, model: torch.nn.Module, *, binary: bool = True
         raise RnnrbmUsageError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}.")
     if backend == "torch":
         return "torch"
-    problem = numba_problem(model, binary)
-    if problem is None and training and getattr(model, "dropout", 0.0) > 0:
-        problem = "the compiled kernels do not apply dropout (--dropout 0 turns it off)"
+    problem = numba_problem(model, binary, training)
     if backend == "auto":
         return "torch" if problem is not None or _numba_disabled() else "numba"
     if problem is not None:

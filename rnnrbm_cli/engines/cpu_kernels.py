@@ -679,22 +679,27 @@ def _frames_by_key(on):
 
 
 @_parallel
-def _sparse_gradients(u_prev, dbias, dense, ph_data, ph_neg, v_data, v_neg, du0, blocks,
+def _sparse_gradients(u_out, dbias, dense, ph_data, ph_neg, v_data, v_neg, v_in, du0, blocks,
                       gW, gbv, gbh, gWuv, gWvu, gbu, gu0):
     """The parameter gradients that are sums over the keys on, and the bias gradients.
 
-    Per frame g (see _chains and _bptt_chunk): u_prev[g] = u(t-1), dbias[g] =
+    Per frame g (see _chains and _bptt_chunk): u_out[g] = u(t-1) as bv(t) reads it, dbias[g] =
     [dcost/dbv(t) | dcost/dbh(t)] (dbv(t) nonzero where v~ and v differ), dense[g] =
-    [dcost/dbh(t) | da(t)], v_data[g] and v_neg[g] the keys on in v and v~. Block b of the
-    parallel loop takes every blocks-th key. (dWuh, dWuu = sum_t u(t-1)^T dense(t): numba_rbm.py.)
+    [dcost/dbh(t) | da(t)], v_data[g] and v_neg[g] the keys on in v and v~, v_in[g] the keys
+    the recurrence read (no rows: v_data's). Block b of the parallel loop takes every
+    blocks-th key. (dWuh, dWuu = sum_t u(t-1)^T dense(t): numba_rbm.py.)
     """
-    n = u_prev.shape[0]
+    n = u_out.shape[0]
     n_v, n_h = gW.shape
-    n_u = u_prev.shape[1]
+    n_u = u_out.shape[1]
     inv_n = _ONE / _f32(n)
     da = dense[:, n_h:]
     data_start, data_frames = _frames_by_key(v_data)
     neg_start, neg_frames = _frames_by_key(v_neg)
+    if v_in.shape[0] == 0:
+        in_start, in_frames = data_start, data_frames
+    else:
+        in_start, in_frames = _frames_by_key(v_in)
     for block in prange(blocks):
         # W through both free energies, Wvu through u(t), Wuv through bv(t)
         pos = np.empty(max(n_h, n_u), np.float32)
@@ -711,13 +716,14 @@ def _sparse_gradients(u_prev, dbias, dense, ph_data, ph_neg, v_data, v_neg, du0,
                 gW[i, j] -= pos[j]
             for q in range(n_u):
                 gWvu[i, q] = _ZERO
-            _add_rows(gWvu[i], da, on, on.shape[0])
+            on_in = in_frames[in_start[i] : in_start[i + 1]]
+            _add_rows(gWvu[i], da, on_in, on_in.shape[0])
             # dWuv[:, i] = sum_t u(t-1) dbv(t)_i, and dbv(t)_i = (v~_i - v_i) / n
             for r in range(n_u):
                 pos[r] = _ZERO
                 neg[r] = _ZERO
-            _add_rows(neg, u_prev, on_neg, on_neg.shape[0])
-            _add_rows(pos[:n_u], u_prev, on, on.shape[0])
+            _add_rows(neg, u_out, on_neg, on_neg.shape[0])
+            _add_rows(pos[:n_u], u_out, on, on.shape[0])
             for r in range(n_u):
                 gWuv[r, i] = (neg[r] - pos[r]) * inv_n
 
@@ -729,17 +735,19 @@ def _sparse_gradients(u_prev, dbias, dense, ph_data, ph_neg, v_data, v_neg, du0,
 
 
 @_serial
-def _cd_gradients(Wuu, u_prev, u_cur, offsets, dbias, du_bias, ph_data, ph_neg, v_data, v_neg, threads,
+def _cd_gradients(Wuu, u_out, u_cur, offsets, dbias, du_bias, ph_data, ph_neg, v_data, v_neg, v_in, threads,
                   gW, gbv, gbh, gWuv, gWvu, gbu, gu0):
     """Back-propagation through time from du_bias[g] = dcost/du(t-1) through bv(t), bh(t)
     (= dbias[g] [Wuv | Wuh]^T), then the gradients into g*, all but dWuh and dWuu.
+    u_out[g]: u(t-1) as bv(t) and bh(t) read it; v_in: the keys on that u(t) read, as
+    booleans (no rows: v_data). Both differ from u(t-1) and v(t) only under dropout.
 
     u(t) = tanh(bu + u(t-1) Wuu + v(t) Wvu) carries du_bias into Wuu, Wvu, bu and u(0);
     bv(t) = bv + u(t-1) Wuv and bh(t) = bh + u(t-1) Wuh carry dbias into bv, bh, Wuv, Wuh.
     Returns dense (n, n_hidden + n_recurrent) = [dcost/dbh(t) | da(t)], da(t) = dcost/d(bu +
     u(t-1) Wuu + v(t) Wvu): [dWuh | dWuu] = sum_t u(t-1)^T dense(t).
     """
-    n, n_u = u_prev.shape
+    n, n_u = u_out.shape
     n_v, n_h = gW.shape
     B = offsets.shape[0] - 1
     dense = np.empty((n, n_h + n_u), np.float32)
@@ -753,7 +761,7 @@ def _cd_gradients(Wuu, u_prev, u_cur, offsets, dbias, du_bias, ph_data, ph_neg, 
         _bptt_parallel(WuuT, u_cur, du_bias, offsets, da, du0)
     else:
         _bptt_serial(WuuT, u_cur, du_bias, offsets, da, du0)
-    _sparse_gradients(u_prev, dbias, dense, ph_data, ph_neg, v_data, v_neg, du0, 4 * threads,
+    _sparse_gradients(u_out, dbias, dense, ph_data, ph_neg, v_data, v_neg, v_in, du0, 4 * threads,
                       gW, gbv, gbh, gWuv, gWvu, gbu, gu0)
     return dense
 
@@ -972,3 +980,4 @@ gibbs_rows = _gibbs_rows
 pad_hidden = _pad_hidden
 subset_sums = _subset_sums
 NO_SAMPLES = np.zeros((0, 1), np.float32)  # "no negative samples given" for cd_chains, "no start frames" for ais
+NO_KEYS = np.zeros((0, 1), np.bool_)  # "the recurrence read the data" for cd_gradients

@@ -45,9 +45,12 @@ def _kernels():
     return nade_kernels
 
 
-def problem(model: torch.nn.Module, binary: bool) -> str | None:
-    """Why the kernels cannot compute this RNN-NADE on data that is (or is not) 0/1; None if
-    they can. The recurrence does not matter: it stays torch's."""
+def problem(model: torch.nn.Module, binary: bool, training: bool = False) -> str | None:
+    """Why the kernels cannot compute this RNN-NADE on data that is (or is not) 0/1, and when
+    ``training``, with its dropout; None if they can. The recurrence does not matter: it stays
+    torch's."""
+    if training and getattr(model, "dropout", 0.0) > 0:
+        return "the NADE's compiled kernels do not apply dropout (--dropout 0 turns it off)"
     first = next(model.parameters())
     if first.device.type != "cpu" or first.dtype != torch.float32:
         return f"they run float32 models on the CPU only, not {first.dtype} on {first.device}"

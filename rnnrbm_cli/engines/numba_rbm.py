@@ -38,9 +38,10 @@ def _compiled_before(*functions) -> bool | None:
         return None
 
 
-def problem(model: torch.nn.Module, binary: bool) -> str | None:
+def problem(model: torch.nn.Module, binary: bool, training: bool = False) -> str | None:
     """Why the kernels cannot compute this RNN-RBM on data that is (or is not) 0/1 (its
-    recurrence, the data, its size, the platform); None if they can."""
+    recurrence, the data, its size, the platform); None if they can. Training changes
+    nothing: they apply the model's dropout as torch does."""
     if getattr(model, "rnn_kind", "tanh") != "tanh":
         return f"they compute the tanh recurrence only, not {model.rnn_kind}"
     first = next(model.parameters())
@@ -124,12 +125,14 @@ def _calling_thread_only(numba_module):
         torch.set_num_threads(saved[1])
 
 
-def numba_cd(model, frames, starts, lengths, k, generator=None, v_neg=None, want_grads=True):
+def numba_cd(model, frames, starts, lengths, k, generator=None, v_neg=None, want_grads=True, dropout=0.0):
     """The CD-k cost of chunks of ``frames`` and the tutorial's monitor, by the kernels; the
     cost's gradient goes into the parameters' ``.grad`` (overwritten, not accumulated).
 
     The same quantities as ``model.cd_cost`` on the padded batch of those chunks followed
-    by ``cost.backward()``. model : an RNNRBM with float32 parameters on the CPU.
+    by ``cost.backward()``; with ``dropout``, as the model in training mode computes them
+    with that rate (the same masks, drawn from ``model.dropout_generator`` in the same
+    order). model : an RNNRBM with float32 parameters on the CPU.
     frames : np.ndarray, shape=(N, n_visible), float32, values 0/1. starts, lengths :
     np.ndarray, shape=(B,), int64: chunk b is frames[starts[b] : starts[b] + lengths[b]].
     k : Gibbs steps. generator : the torch.Generator that one 64-bit seed is drawn from.
@@ -140,34 +143,71 @@ def numba_cd(model, frames, starts, lengths, k, generator=None, v_neg=None, want
     kernels = _kernels()
     small = int(np.sum(lengths)) <= SERIAL_FRAMES
     with _calling_thread_only(kernels.numba) if small else contextlib.nullcontext():
-        return _numba_cd(kernels, model, frames, starts, lengths, k, generator, v_neg, want_grads)
+        return _numba_cd(kernels, model, frames, starts, lengths, k, generator, v_neg, want_grads, dropout)
 
 
-def _numba_cd(kernels, model, frames, starts, lengths, k, generator, v_neg, want_grads):
+def _dropout_keeps(model, lengths, rate) -> tuple[np.ndarray, np.ndarray]:
+    """The masks ``model.previous_outputs`` draws in training for the padded batch of chunks
+    of these lengths (its generator, its order: the recurrence's inputs, then its outputs),
+    for the real frames laid end to end: (n, n_visible) 0/1 and (n, n_recurrent) 0 or
+    1 / (1 - rate), float32."""
+    B, T, gen = len(lengths), int(np.max(lengths)), model.dropout_generator
+    n_v, n_u = model.W.shape[0], model.Wuu.shape[0]
+    real = np.arange(T)[None, :] < np.asarray(lengths)[:, None]  # (B, T), row-major = the chunks end to end
+    keep_v = (torch.rand((B, T, n_v), generator=gen) >= rate).numpy()[real]
+    keep_u = (torch.rand((B, T, n_u), generator=gen) >= rate).numpy()[real]
+    return keep_v.astype(np.float32), keep_u.astype(np.float32) / np.float32(1 - rate)
+
+
+def _numba_cd(kernels, model, frames, starts, lengths, k, generator, v_neg, want_grads, dropout):
+    keeps = _dropout_keeps(model, lengths, dropout) if dropout else None  # before the chains, as in torch
     seed = _seed(generator)
     arrays = _arrays(model, grads=want_grads)
     W, bv, bh, Wuh, Wuv, Wvu, Wuu, bu, u0 = arrays[:9]
     given = kernels.NO_SAMPLES if v_neg is None else np.ascontiguousarray(v_neg, np.float32)
     threads = kernels.numba.get_num_threads()
-    rows, offsets, u_prev, u_cur = kernels.cd_recurrence(Wvu, Wuu, bu, u0, frames, starts, lengths)
+    if keeps is None:
+        rows, offsets, u_prev, u_cur = kernels.cd_recurrence(Wvu, Wuu, bu, u0, frames, starts, lengths)
+        u_out, v_in = u_prev, kernels.NO_KEYS
+    else:
+        # Dropout: the recurrence reads v(t) with keys dropped and the rest scaled by
+        # 1 / (1 - rate), i.e. 0/1 frames through Wvu / (1 - rate); the frame models read
+        # u(t-1) with units dropped (u_out); the RBMs still model the whole v(t).
+        keep_v, keep_u = keeps
+        n = int(np.sum(lengths))
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        rows = np.repeat(np.asarray(starts, np.int64) - offsets[:-1], lengths) + np.arange(n)
+        v_read = frames[rows] * keep_v
+        scale = np.float32(1 / (1 - dropout))
+        _, _, u_prev, u_cur = kernels.cd_recurrence(Wvu * scale, Wuu, bu, u0, v_read, offsets[:-1],
+                                                    np.asarray(lengths, np.int64))
+        u_out, v_in = u_prev * keep_u, v_read > 0.5
     # The products with every frame's u(t-1) go to torch (MKL; see cpu_kernels' training
     # section): [bv(t) | bh(t)] = [bv | bh] + u(t-1) [Wuv | Wuh], the hidden part padded.
     W_cat = torch.from_numpy(np.concatenate([Wuv, kernels.pad_hidden(Wuh)], axis=1))
     b_cat = torch.from_numpy(np.concatenate([bv, kernels.pad_hidden(bh.reshape(1, -1))[0]]))
-    u_prev_t = torch.from_numpy(u_prev)
-    bias = torch.addmm(b_cat, u_prev_t, W_cat).numpy()
+    u_out_t = torch.from_numpy(u_out)
+    bias = torch.addmm(b_cat, u_out_t, W_cat).numpy()
     dbias, ph_data, ph_neg, on_data, on_neg, gap, monitor = kernels.cd_chains(W, bias, frames, rows, k, seed, given,
                                                                               threads)
     n = len(rows)
     if want_grads:
         gW, gbv, gbh, gWuh, gWuv, gWvu, gWuu, gbu, gu0 = arrays[9:]
         du_bias = torch.mm(torch.from_numpy(dbias), W_cat.T).numpy()  # dcost/du(t-1) through bv(t), bh(t)
-        dense = kernels.cd_gradients(Wuu, u_prev, u_cur, offsets, dbias, du_bias, ph_data, ph_neg, on_data, on_neg,
-                                     threads, gW, gbv, gbh, gWuv, gWvu, gbu, gu0)
-        sums = _frame_sums(u_prev_t, torch.from_numpy(dense)).numpy()  # [dWuh | dWuu]
+        if keeps is not None:
+            du_bias *= keeps[1]
+        dense = kernels.cd_gradients(Wuu, u_out, u_cur, offsets, dbias, du_bias, ph_data, ph_neg, on_data, on_neg,
+                                     v_in, threads, gW, gbv, gbh, gWuv, gWvu, gbu, gu0)
         n_h = gWuh.shape[1]
-        gWuh[...] = sums[:, :n_h]
-        gWuu[...] = sums[:, n_h:]
+        if keeps is None:
+            sums = _frame_sums(u_out_t, torch.from_numpy(dense)).numpy()  # [dWuh | dWuu]
+            gWuh[...] = sums[:, :n_h]
+            gWuu[...] = sums[:, n_h:]
+        else:  # Wuh reads the dropped u(t-1), Wuu the whole
+            dense_t = torch.from_numpy(dense)
+            gWuh[...] = _frame_sums(u_out_t, dense_t[:, :n_h]).numpy()
+            gWuu[...] = _frame_sums(torch.from_numpy(u_prev), dense_t[:, n_h:]).numpy()
+            gWvu *= scale
     return gap / n, monitor / n, n
 
 
@@ -203,14 +243,20 @@ class NumbaCD:
     def __init__(self, model, data: ChunkedData, k: int, generator: torch.Generator | None) -> None:
         self.model, self.data, self.k, self.generator = model, data, k, generator
 
+    def _dropout(self) -> float:
+        """The rate the model drops units at now: its own in training mode, else none."""
+        return getattr(self.model, "dropout", 0.0) if self.model.training else 0.0
+
     def gradients(self, chunk_ids: Tensor) -> CostResult:
         frames, starts, lengths = self.data.frame_spans(chunk_ids)
-        cost, monitor, n = numba_cd(self.model, frames, starts, lengths, self.k, self.generator)
+        cost, monitor, n = numba_cd(self.model, frames, starts, lengths, self.k, self.generator,
+                                    dropout=self._dropout())
         return CostResult(torch.tensor(cost), torch.tensor(monitor), n)
 
     def monitor(self, data: ChunkedData, generator: torch.Generator) -> float:
         # one block for data in memory; data on disk in blocks, their means weighted by frames
-        results = [numba_cd(self.model, frames, starts, lengths, self.k, generator, want_grads=False)
+        results = [numba_cd(self.model, frames, starts, lengths, self.k, generator, want_grads=False,
+                            dropout=self._dropout())
                    for frames, starts, lengths in data.frame_blocks(torch.arange(len(data.chunks)))]
         if len(results) == 1:
             return float(results[0][1])
