@@ -6,7 +6,7 @@
 # same frames, the conservative RAISE estimate), and checks on 200 test frames that the
 # number of betas is enough (the two estimates at 1000 and 10,000 betas).
 # Needs the data (rnnrbm fetch, or RNNRBM_MIRROR); an RNN-RBM on Nottingham takes about
-# 25 minutes to train and about 40 minutes per 100 x 1000 pass over its 44,463 test frames on a
+# 35 minutes to train and about 40 minutes per 100 x 1000 pass over its 44,463 test frames on a
 # 2-core CPU (200 hidden units).
 set -euo pipefail
 # A third argument is the seed (default the preset's 1234); the README's cells are means over
