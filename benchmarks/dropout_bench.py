@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
+
+from nade_bench import run_child, timed_updates  # this folder is on sys.path when run as a script
 
 
 def child(spec: dict) -> dict:
@@ -49,30 +49,9 @@ def child(spec: dict) -> dict:
     objective.warm_up()
     opt = torch.optim.Adam(model.parameters(), lr=0.003)
     order = train.epoch_order(1, torch.Generator().manual_seed(1)).split(1)
-    n, warm = spec["updates"], 3
-    frames, t0 = 0, None
-    for u in range(n + warm):  # the epoch's order, again from its start if it ends
-        ids = order[u % len(order)]
-        if u == warm:
-            t0, frames = time.perf_counter(), 0
-        opt.zero_grad()
-        res = objective.gradients(ids)
-        opt.step()
-        frames += res.n_frames
-    seconds = time.perf_counter() - t0
-    return {**info, "updates": n, "frames": frames, "seconds": seconds,
+    frames, seconds = timed_updates(objective, opt, order, spec["updates"])
+    return {**info, "updates": spec["updates"], "frames": frames, "seconds": seconds,
             "frames_per_second": frames / seconds}
-
-
-def run_child(spec: dict) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
-           "NUMBA_NUM_THREADS": str(spec["threads"]), "OMP_WAIT_POLICY": "PASSIVE"}
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
-                         text=True)
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr)
-        raise SystemExit(f"child {spec} failed")
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -91,7 +70,7 @@ def main(argv=None) -> int:
                                             ("kernels, dropout", "numba", args.dropout, args.numba_updates),
                                             ("kernels, none", "numba", 0.0, args.numba_updates)):
         spec = {"backend": backend, "dropout": dropout, "threads": args.threads, "updates": updates, "data": args.data}
-        figs[name] = f = run_child(spec)
+        figs[name] = f = run_child(spec, __file__)
         print(f"{name:>17} {dropout:.2f}: {f['frames_per_second']:9,.0f} frames/s ({f['frames']:,} frames in "
               f"{f['seconds']:.2f} s; torch threads {f['torch_threads']}, numba threads {f['numba_threads']}, "
               f"OMP_WAIT_POLICY={f['OMP_WAIT_POLICY']})", flush=True)

@@ -28,6 +28,24 @@ import time
 from pathlib import Path
 
 
+WARM_UPDATES = 3  # untimed updates before the timed ones
+
+
+def timed_updates(objective, opt, batches, n: int) -> tuple[int, float]:
+    """Frames and seconds of ``n`` updates (zero_grad -> objective.gradients -> step, the loop
+    of ``train.py``) over ``batches``, from the first again if they run out, after
+    WARM_UPDATES untimed ones."""
+    frames, t0 = 0, None
+    for u in range(n + WARM_UPDATES):
+        if u == WARM_UPDATES:
+            t0, frames = time.perf_counter(), 0
+        opt.zero_grad(set_to_none=False)
+        res = objective.gradients(batches[u % len(batches)])
+        opt.step()
+        frames += res.n_frames
+    return frames, time.perf_counter() - t0
+
+
 def child(spec: dict) -> dict:
     """One measurement, in this (child) process."""
     import numba
@@ -53,16 +71,8 @@ def child(spec: dict) -> dict:
         objective.warm_up()
         opt = torch.optim.Adam(model.parameters(), lr=0.002)
         batches = train.epoch_order(spec["batch"], torch.Generator().manual_seed(1)).split(spec["batch"])
-        n, warm = spec["updates"], 3
-        frames, t0 = 0, None
-        for u, ids in enumerate(batches[: n + warm]):
-            if u == warm:
-                t0, frames = time.perf_counter(), 0
-            opt.zero_grad(set_to_none=False)
-            res = objective.gradients(ids)
-            opt.step()
-            frames += res.n_frames
-        seconds = time.perf_counter() - t0
+        n, warm = spec["updates"], WARM_UPDATES
+        frames, seconds = timed_updates(objective, opt, batches, n)
         out = {**info, "frames_per_second": frames / seconds, "updates": n, "frames": frames, "seconds": seconds}
         if spec.get("save"):
             for ids in batches[n + warm : n + warm + spec.get("more_updates", 0)]:
@@ -161,10 +171,13 @@ def profile(model, objective, opt, data, batches) -> dict:
     return {k: float(np.median(v)) * 1e6 for k, v in parts.items()}
 
 
-def run_child(spec: dict) -> dict:
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "NUMBA_NUM_THREADS": str(spec["threads"]),
-           "OMP_NUM_THREADS": str(spec["threads"])}
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True, text=True,
+def run_child(spec: dict, script: str = __file__) -> dict:
+    """``script --child SPEC`` in a process of its own with spec["threads"] threads (OpenMP,
+    MKL, numba) and passive waiting; its last line of output, as JSON."""
+    threads = str(spec["threads"])
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads,
+           "MKL_NUM_THREADS": threads}
+    out = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], env=env, capture_output=True, text=True,
                          check=False)
     if out.returncode != 0:
         sys.stderr.write(out.stderr)
